@@ -1,1 +1,57 @@
+//! paude-proxy: a credential-injecting HTTPS interception proxy.
+//!
+//! Modules in pipeline order:
+//! `listen → connect (explicit entry) → policy → intercept (TLS) → handle → inject → upstream`.
 
+pub mod config;
+pub mod host;
+pub mod secret;
+
+pub mod audit;
+pub mod ca;
+pub mod connect;
+pub mod handle;
+pub mod headers;
+pub mod inject;
+pub mod intercept;
+pub mod listen;
+pub mod policy;
+pub mod resolve;
+pub mod upstream;
+
+pub mod body;
+pub mod error;
+
+use std::net::IpAddr;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::BlockedLog;
+use crate::ca::CertAuthority;
+use crate::error::ProxyError;
+use crate::inject::Routes;
+use crate::policy::{DenyReason, Policy};
+use crate::resolve::Resolver;
+use crate::upstream::Upstream;
+
+pub use crate::listen::run;
+
+/// Shared state of a running proxy. The policy is swapped whole (never edited in place) when
+/// the client list's DNS names re-resolve.
+pub struct App {
+    pub policy: ArcSwap<Policy>,
+    pub routes: Routes,
+    pub ca: CertAuthority,
+    pub upstream: Upstream,
+    pub resolver: Resolver,
+    pub blocked: BlockedLog,
+}
+
+impl App {
+    /// Records a denial (blocked log and a log line) and returns the error to answer with.
+    pub fn deny(&self, client: IpAddr, method: &str, what: &str, reason: DenyReason) -> ProxyError {
+        self.blocked.denied(client, method, what);
+        tracing::info!(%client, method, target = what, "deny: {reason}");
+        ProxyError::Denied(reason)
+    }
+}

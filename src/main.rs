@@ -1,1 +1,86 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use paude_proxy::config::{Args, Config};
+use tracing_subscriber::EnvFilter;
+
+/// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
+    let env = |k: &str| std::env::var(k).ok();
+    let config = match Config::from_args(args, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("paude-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_tracing(config.verbose);
+    let check_only = config.check_config;
+    let prepared = match paude_proxy::listen::prepare(config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("paude-proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if check_only {
+        println!("configuration OK (CA in {})", prepared.ca_dir.display());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("paude-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(paude_proxy::run(prepared, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paude-proxy: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn init_tracing(verbose: bool) {
+    let default = if verbose {
+        "paude_proxy=debug,info"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

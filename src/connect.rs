@@ -1,0 +1,207 @@
+//! The explicit proxy (`HTTPS_PROXY=http://proxy:3128`): `CONNECT host:port` becomes an
+//! intercepted tunnel, `GET http://host/...` is forwarded as cleartext (never with a
+//! credential), anything else gets a 400 that explains what this port is.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::App;
+use crate::body::{self, Body};
+use crate::error::ProxyError;
+use crate::headers;
+use crate::host::{Host, parse_authority};
+use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_tunnel};
+use crate::policy::{self, Entry, Facts, Target};
+use crate::upstream::Scheme;
+
+/// The first request head (CONNECT line or absolute-URI request) must arrive in this time.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let client = peer.ip().to_canonical();
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(proxy_request(app, client, req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%client, "client connection ended: {e}");
+    }
+}
+
+/// What the request asks the proxy to do, from its request line alone.
+enum Form {
+    Connect(Host, u16),
+    PlainHttp(Host, u16),
+    AbsoluteHttps,
+    NotProxy,
+}
+
+fn classify(req: &Request<Incoming>) -> Result<Form, ProxyError> {
+    let uri = req.uri();
+    if req.method() == Method::CONNECT {
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ProxyError::BadRequest("CONNECT needs host:port".into()))?;
+        let (host, port) = parse_authority(authority.as_str(), None).map_err(|e| {
+            ProxyError::BadRequest(format!("bad CONNECT target '{authority}': {e}"))
+        })?;
+        return Ok(Form::Connect(host, port));
+    }
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(a)) => {
+            let (host, port) = parse_authority(a.as_str(), Some(80))
+                .map_err(|e| ProxyError::BadRequest(format!("bad host in '{uri}': {e}")))?;
+            Ok(Form::PlainHttp(host, port))
+        }
+        (Some("https"), Some(_)) => Ok(Form::AbsoluteHttps),
+        _ => Ok(Form::NotProxy),
+    }
+}
+
+async fn proxy_request(app: Arc<App>, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
+    match route_request(&app, client, req).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn route_request(
+    app: &Arc<App>,
+    client: IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let policy = app.policy.load();
+    // The client filter comes first and covers every request form, even ones we would
+    // refuse anyway, so a refused client learns nothing about the proxy.
+    if !policy::client_allowed(&policy, client) {
+        let reason = policy::DenyReason::ClientNotAllowed(client);
+        return Err(app.deny(client, req.method().as_str(), &blocked_what(&req), reason));
+    }
+    match classify(&req)? {
+        Form::Connect(host, port) => connect(app, client, req, host, port).await,
+        Form::PlainHttp(host, port) => plain_http(app, client, req, host, port).await,
+        Form::AbsoluteHttps => Err(ProxyError::BadRequest(
+            "https:// URLs go through a CONNECT tunnel: set HTTPS_PROXY to this proxy instead of sending the URL to it".into(),
+        )),
+        Form::NotProxy => Err(ProxyError::BadRequest(
+            "this is paude-proxy, an HTTP proxy: send CONNECT host:443 (HTTPS_PROXY) or an absolute http:// URL (HTTP_PROXY)".into(),
+        )),
+    }
+}
+
+/// What the blocked log names: `host:port` for CONNECT, the URL otherwise.
+fn blocked_what<B>(req: &Request<B>) -> String {
+    if req.method() == Method::CONNECT {
+        req.uri()
+            .authority()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    } else {
+        req.uri().to_string()
+    }
+}
+
+/// Runs the policy for `facts`: admit, resolve (only if admitted), pick an address.
+async fn approve(app: &App, facts: Facts, method: &str, what: &str) -> Result<Target, ProxyError> {
+    let policy = app.policy.load();
+    if let Err(reason) = policy::admit(&policy, &facts) {
+        return Err(app.deny(facts.client, method, what, reason));
+    }
+    let addrs = app.resolver.lookup(&facts.host).await?;
+    match policy::pick_address(&policy, &facts.host, facts.port, &addrs) {
+        Ok(addr) => Ok(Target {
+            host: facts.host,
+            addr,
+        }),
+        Err(reason) => Err(app.deny(facts.client, method, what, reason)),
+    }
+}
+
+async fn connect(
+    app: &Arc<App>,
+    client: IpAddr,
+    mut req: Request<Incoming>,
+    host: Host,
+    port: u16,
+) -> Result<Response<Body>, ProxyError> {
+    let what = host.with_port(port);
+    let facts = Facts {
+        client,
+        host,
+        port,
+        entry: Entry::Connect,
+    };
+    let target = approve(app, facts, "CONNECT", &what).await?;
+    let route = app.routes.find(&target.host).cloned();
+    tracing::info!(
+        %client,
+        target = %what,
+        addr = %target.addr,
+        credential = route.as_ref().map(|r| r.env_var.as_str()).unwrap_or("-"),
+        "allow CONNECT"
+    );
+    let upgrade = hyper::upgrade::on(&mut req);
+    let app = app.clone();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let tunnel = Tunnel {
+                    client,
+                    target,
+                    route,
+                };
+                serve_tunnel(app, TokioIo::new(upgraded), tunnel).await;
+            }
+            Err(e) => tracing::debug!(%client, "CONNECT upgrade failed: {e}"),
+        }
+    });
+    let mut resp = Response::new(body::empty());
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}
+
+/// Cleartext HTTP: forwarded as is (minus hop-by-hop headers) and never given a credential,
+/// since anything on the path could read it.
+async fn plain_http(
+    app: &Arc<App>,
+    client: IpAddr,
+    req: Request<Incoming>,
+    host: Host,
+    port: u16,
+) -> Result<Response<Body>, ProxyError> {
+    let what = req.uri().to_string();
+    let method = req.method().clone();
+    let facts = Facts {
+        client,
+        host,
+        port,
+        entry: Entry::PlainHttp,
+    };
+    let target = approve(app, facts, method.as_str(), &what).await?;
+    headers::check_authority(&req, &target.host, port)?;
+    headers::check_framing(&req)?;
+    tracing::info!(%client, url = %what, addr = %target.addr, "allow plain HTTP (no credential)");
+    let (mut parts, incoming) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_request_only(&mut parts.headers);
+    let req = Request::from_parts(parts, body::stream(incoming));
+    let mut resp = app.upstream.send(Scheme::Http, &target, req).await?;
+    headers::strip_hop_by_hop(resp.headers_mut());
+    Ok(resp)
+}

@@ -1,0 +1,145 @@
+//! One error type for everything that can go wrong with a request, each with its blame,
+//! and the one function that turns it into a response and a log line.
+
+use std::fmt;
+use std::io;
+
+use bytes::Bytes;
+use http::{Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+
+use crate::body::Body;
+use crate::policy::DenyReason;
+
+/// Who caused the failure; decides the status family and the log level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Blame {
+    /// The agent sent something we refuse or cannot parse.
+    Client,
+    /// The destination failed: unreachable, bad certificate, broken HTTP.
+    Upstream,
+    /// A bug or resource problem on our side.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    Denied(DenyReason),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Misdirected(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("cannot resolve {host}: {detail}")]
+    Resolve { host: String, detail: String },
+    #[error("cannot connect to upstream {target}: {detail}")]
+    Connect { target: String, detail: String },
+    #[error("TLS with upstream {host} failed: {detail}")]
+    UpstreamTls { host: String, detail: String },
+    #[error("upstream {host} failed: {detail}")]
+    UpstreamHttp { host: String, detail: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::Denied(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::Misdirected(_)
+            | ProxyError::MethodNotAllowed(_) => Blame::Client,
+            ProxyError::Resolve { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::UpstreamHttp { .. } => Blame::Upstream,
+            ProxyError::Internal(_) => Blame::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Denied(_) => StatusCode::FORBIDDEN,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Resolve { .. }
+            | ProxyError::Connect { .. }
+            | ProxyError::UpstreamTls { .. }
+            | ProxyError::UpstreamHttp { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The response the client gets, and the log line we write. The text never contains a
+    /// credential: no variant is ever built from a header value we inject.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        match self.blame() {
+            // Denials were logged with their context by `App::deny`.
+            Blame::Client if matches!(self, ProxyError::Denied(_)) => {}
+            Blame::Client => tracing::info!(status = status.as_u16(), "refused: {self}"),
+            Blame::Upstream => tracing::warn!(status = status.as_u16(), "upstream failure: {self}"),
+            Blame::Internal => tracing::error!(status = status.as_u16(), "{self}"),
+        }
+        text_response(status, format!("paude-proxy: {self}\n"))
+    }
+}
+
+pub fn text_response(status: StatusCode, text: String) -> Response<Body> {
+    let mut resp = Response::new(
+        Full::new(Bytes::from(text))
+            .map_err(|e| match e {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Renders an error and its sources on one line (rustls and hyper hide the useful part in
+/// `source()`).
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        cur = s.source();
+    }
+    out
+}
+
+/// An I/O error from a TLS stream carries the rustls error inside; bring it out.
+pub fn io_chain(e: &io::Error) -> String {
+    match e.get_ref() {
+        Some(inner) => chain(inner),
+        None => e.to_string(),
+    }
+}
+
+impl From<DenyReason> for ProxyError {
+    fn from(r: DenyReason) -> Self {
+        ProxyError::Denied(r)
+    }
+}
+
+/// Display helper for `Option<T>` in log fields.
+pub struct OrDash<T>(pub Option<T>);
+
+impl<T: fmt::Display> fmt::Display for OrDash<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Some(v) => v.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}

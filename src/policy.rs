@@ -1,0 +1,433 @@
+//! The one place that says yes or no.
+//!
+//! Both entry paths (explicit and, later, transparent) turn a connection into [`Facts`]
+//! and ask [`admit`] before anything leaves the proxy (not even a DNS lookup for a
+//! forbidden name, which would be an exfiltration channel), then [`pick_address`] over
+//! the addresses the name resolved to. Both are pure functions over plain data, tested
+//! by tables below.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::host::{DomainPattern, Host};
+
+/// Everything the policy is made of, rebuilt as a whole (never mutated in place) when the
+/// client list's DNS names re-resolve.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// `None`: every client may connect.
+    pub clients: Option<Vec<IpNet>>,
+    /// `None`: every domain is allowed.
+    pub domains: Option<Vec<DomainPattern>>,
+    /// `ALLOWED_OTEL_PORTS`: allowed for every host, on top of the entry's own port.
+    pub extra_ports: BTreeSet<u16>,
+    /// `ALLOWED_ENDPOINTS`: one port on one host.
+    pub endpoints: Vec<(Host, u16)>,
+    /// `PAUDE_PROXY_ALLOWED_UPSTREAM_NETS`: exceptions to the SSRF guard.
+    pub upstream_nets: Vec<IpNet>,
+    /// The proxy's own listeners, never a valid upstream.
+    pub own_listeners: Vec<SocketAddr>,
+}
+
+/// How the request reached us; decides the default port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// `CONNECT host:port`, intercepted as TLS.
+    Connect,
+    /// `GET http://host/...`, forwarded as cleartext HTTP.
+    PlainHttp,
+}
+
+impl Entry {
+    pub fn default_port(self) -> u16 {
+        match self {
+            Entry::Connect => 443,
+            Entry::PlainHttp => 80,
+        }
+    }
+}
+
+/// What we know about a request before deciding.
+#[derive(Clone, Debug)]
+pub struct Facts {
+    pub client: IpAddr,
+    pub host: Host,
+    pub port: u16,
+    pub entry: Entry,
+}
+
+/// An approved destination: the only address the upstream stage may dial.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub host: Host,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow(Target),
+    Deny(DenyReason),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    ClientNotAllowed(IpAddr),
+    DomainNotAllowed(Host),
+    PortNotAllowed(Host, u16),
+    /// The name resolved to nothing usable.
+    NoAddress(Host),
+    /// Every address is in a range the SSRF guard refuses.
+    ForbiddenAddress(Host, IpAddr),
+    /// The destination is one of the proxy's own listeners.
+    ProxyLoop(SocketAddr),
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::ClientNotAllowed(ip) => {
+                write!(f, "client {ip} is not in PAUDE_PROXY_ALLOWED_CLIENTS")
+            }
+            DenyReason::DomainNotAllowed(h) => write!(f, "domain {h} is not in ALLOWED_DOMAINS"),
+            DenyReason::PortNotAllowed(h, p) => write!(
+                f,
+                "port {p} is not allowed for {h} (add it to ALLOWED_OTEL_PORTS, or {} to ALLOWED_ENDPOINTS)",
+                h.with_port(*p)
+            ),
+            DenyReason::NoAddress(h) => write!(f, "{h} did not resolve to any address"),
+            DenyReason::ForbiddenAddress(h, ip) => write!(
+                f,
+                "{h} resolves to {ip}, a private, loopback or link-local address \
+                 (allow it with PAUDE_PROXY_ALLOWED_UPSTREAM_NETS)"
+            ),
+            DenyReason::ProxyLoop(a) => write!(f, "{a} is the proxy itself"),
+        }
+    }
+}
+
+/// Client, domain and port checks: everything that needs no DNS.
+pub fn admit(policy: &Policy, facts: &Facts) -> Result<(), DenyReason> {
+    if !client_allowed(policy, facts.client) {
+        return Err(DenyReason::ClientNotAllowed(facts.client));
+    }
+    if let Some(domains) = &policy.domains
+        && !domains.iter().any(|p| p.matches(&facts.host))
+    {
+        return Err(DenyReason::DomainNotAllowed(facts.host.clone()));
+    }
+    let port_ok = facts.port == facts.entry.default_port()
+        || policy.extra_ports.contains(&facts.port)
+        || policy
+            .endpoints
+            .iter()
+            .any(|(h, p)| *h == facts.host && *p == facts.port);
+    if !port_ok {
+        return Err(DenyReason::PortNotAllowed(facts.host.clone(), facts.port));
+    }
+    Ok(())
+}
+
+pub fn client_allowed(policy: &Policy, client: IpAddr) -> bool {
+    let client = client.to_canonical();
+    match &policy.clients {
+        None => true,
+        Some(nets) => nets.iter().any(|n| n.contains(&client)),
+    }
+}
+
+/// The SSRF guard: the first resolved address that may be dialled.
+pub fn pick_address(
+    policy: &Policy,
+    host: &Host,
+    port: u16,
+    addrs: &[IpAddr],
+) -> Result<SocketAddr, DenyReason> {
+    let mut refused = None;
+    for ip in addrs.iter().map(|ip| ip.to_canonical()) {
+        let addr = SocketAddr::new(ip, port);
+        if is_own_listener(policy, addr) {
+            return Err(DenyReason::ProxyLoop(addr));
+        }
+        if is_forbidden(ip) && !policy.upstream_nets.iter().any(|n| n.contains(&ip)) {
+            refused.get_or_insert(ip);
+            continue;
+        }
+        return Ok(addr);
+    }
+    Err(match refused {
+        Some(ip) => DenyReason::ForbiddenAddress(host.clone(), ip),
+        None => DenyReason::NoAddress(host.clone()),
+    })
+}
+
+/// [`admit`] and [`pick_address`] in one, for callers that already hold the addresses.
+pub fn decide(policy: &Policy, facts: &Facts, addrs: &[IpAddr]) -> Verdict {
+    let checked =
+        admit(policy, facts).and_then(|()| pick_address(policy, &facts.host, facts.port, addrs));
+    match checked {
+        Ok(addr) => Verdict::Allow(Target {
+            host: facts.host.clone(),
+            addr,
+        }),
+        Err(reason) => Verdict::Deny(reason),
+    }
+}
+
+fn is_own_listener(policy: &Policy, addr: SocketAddr) -> bool {
+    policy.own_listeners.iter().any(|l| {
+        l.port() == addr.port()
+            && (l.ip() == addr.ip()
+                || (l.ip().is_unspecified()
+                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+    })
+}
+
+/// Ranges an upstream may never be in (DESIGN.md §3.6): the host itself, its neighbours
+/// and metadata services. IPv6 forms that embed an IPv4 address are judged by that address.
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_forbidden_v4(v4),
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Some(v4) => is_forbidden_v4(v4),
+            None => is_forbidden_v6(v6),
+        },
+    }
+}
+
+fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_unspecified()
+        || a == 0                               // "this network"
+        || ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()                   // 169.254/16, cloud metadata
+        || (a == 100 && (64..128).contains(&b)) // CGNAT 100.64/10
+        || (a == 192 && b == 0 && c == 0)       // IETF protocol assignments
+        || (a == 198 && (18..20).contains(&b))  // benchmarking 198.18/15
+        || ip.is_multicast()
+        || a >= 240 // reserved and broadcast
+}
+
+fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
+    let seg0 = ip.segments()[0];
+    ip.is_unspecified()
+        || ip.is_loopback()
+        || (seg0 & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (seg0 & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (seg0 & 0xffc0) == 0xfec0 // deprecated site-local
+        || ip.is_multicast()
+}
+
+/// The IPv4 address inside an IPv4-mapped, IPv4-compatible, NAT64 (64:ff9b::/96) or
+/// 6to4 (2002::/16) address.
+fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let o = ip.octets();
+    let last32 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0, 0, 0, 0, 0, 0] && !ip.is_loopback() && !ip.is_unspecified() {
+        return Some(last32); // deprecated IPv4-compatible ::a.b.c.d
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(last32);
+    }
+    if s[0] == 0x2002 {
+        return Some(Ipv4Addr::new(o[2], o[3], o[4], o[5]));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(s: &str) -> Host {
+        Host::parse(s).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            clients: Some(vec!["10.0.0.0/24".parse().unwrap()]),
+            domains: Some(
+                [
+                    ".openai.com",
+                    "github.com",
+                    "~^[a-z]+\\.example\\.org$",
+                    "1.2.3.4",
+                ]
+                .iter()
+                .map(|p| DomainPattern::parse(p).unwrap())
+                .collect(),
+            ),
+            extra_ports: [4318].into_iter().collect(),
+            endpoints: vec![(h("github.com"), 8443), (h("evil.com"), 22)],
+            upstream_nets: vec!["10.9.0.0/16".parse().unwrap()],
+            own_listeners: vec!["0.0.0.0:3128".parse().unwrap()],
+        }
+    }
+
+    fn facts(client: &str, host: &str, port: u16, entry: Entry) -> Facts {
+        Facts {
+            client: ip(client),
+            host: h(host),
+            port,
+            entry,
+        }
+    }
+
+    #[test]
+    fn admit_table() {
+        use DenyReason::*;
+        use Entry::*;
+        let p = policy();
+        let table: Vec<(Facts, Result<(), DenyReason>)> = vec![
+            (facts("10.0.0.5", "api.openai.com", 443, Connect), Ok(())),
+            (
+                facts("::ffff:10.0.0.5", "api.openai.com", 443, Connect),
+                Ok(()),
+            ),
+            (
+                facts("10.0.1.5", "api.openai.com", 443, Connect),
+                Err(ClientNotAllowed(ip("10.0.1.5"))),
+            ),
+            (
+                facts("10.0.0.5", "evil-openai.com", 443, Connect),
+                Err(DomainNotAllowed(h("evil-openai.com"))),
+            ),
+            (facts("10.0.0.5", "api.openai.com", 80, PlainHttp), Ok(())),
+            (
+                facts("10.0.0.5", "api.openai.com", 80, Connect),
+                Err(PortNotAllowed(h("api.openai.com"), 80)),
+            ),
+            (
+                facts("10.0.0.5", "api.openai.com", 443, PlainHttp),
+                Err(PortNotAllowed(h("api.openai.com"), 443)),
+            ),
+            (facts("10.0.0.5", "api.openai.com", 4318, Connect), Ok(())),
+            (facts("10.0.0.5", "github.com", 8443, Connect), Ok(())),
+            (
+                facts("10.0.0.5", "api.github.com", 8443, Connect),
+                Err(DomainNotAllowed(h("api.github.com"))),
+            ),
+            (
+                facts("10.0.0.5", "api.openai.com", 8443, Connect),
+                Err(PortNotAllowed(h("api.openai.com"), 8443)),
+            ),
+            // An endpoint exception never bypasses ALLOWED_DOMAINS.
+            (
+                facts("10.0.0.5", "evil.com", 22, Connect),
+                Err(DomainNotAllowed(h("evil.com"))),
+            ),
+            (facts("10.0.0.5", "abc.example.org", 443, Connect), Ok(())),
+            (
+                facts("10.0.0.5", "a.b.example.org", 443, Connect),
+                Err(DomainNotAllowed(h("a.b.example.org"))),
+            ),
+            (facts("10.0.0.5", "1.2.3.4", 443, Connect), Ok(())),
+        ];
+        for (f, want) in table {
+            assert_eq!(admit(&p, &f), want, "{f:?}");
+        }
+    }
+
+    #[test]
+    fn no_lists_means_allow_all_on_default_ports() {
+        let p = Policy::default();
+        assert_eq!(
+            admit(&p, &facts("8.8.8.8", "anything.net", 443, Entry::Connect)),
+            Ok(())
+        );
+        assert!(admit(&p, &facts("8.8.8.8", "anything.net", 25, Entry::Connect)).is_err());
+    }
+
+    #[test]
+    fn ssrf_table() {
+        let p = policy();
+        let forbidden = [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fe80::1",
+            "fd00::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::7f00:1",
+        ];
+        for a in forbidden {
+            assert_eq!(
+                pick_address(&p, &h("x.com"), 443, &[ip(a)]),
+                Err(DenyReason::ForbiddenAddress(
+                    h("x.com"),
+                    ip(a).to_canonical()
+                )),
+                "{a}"
+            );
+        }
+        for a in ["8.8.8.8", "2606:4700::1111", "10.9.1.1", "::ffff:8.8.4.4"] {
+            assert!(pick_address(&p, &h("x.com"), 443, &[ip(a)]).is_ok(), "{a}");
+        }
+        // The first usable address wins; forbidden ones are skipped.
+        assert_eq!(
+            pick_address(&p, &h("x.com"), 443, &[ip("127.0.0.1"), ip("8.8.8.8")]),
+            Ok("8.8.8.8:443".parse().unwrap())
+        );
+        assert_eq!(
+            pick_address(&p, &h("x.com"), 443, &[]),
+            Err(DenyReason::NoAddress(h("x.com")))
+        );
+    }
+
+    #[test]
+    fn own_listener_is_refused_even_when_exempted() {
+        let mut p = policy();
+        p.upstream_nets.push("127.0.0.0/8".parse().unwrap());
+        assert_eq!(
+            pick_address(&p, &h("x.com"), 3128, &[ip("127.0.0.1")]),
+            Err(DenyReason::ProxyLoop("127.0.0.1:3128".parse().unwrap()))
+        );
+        assert!(pick_address(&p, &h("x.com"), 3129, &[ip("127.0.0.1")]).is_ok());
+    }
+
+    #[test]
+    fn decide_composes_both() {
+        let p = policy();
+        let f = facts("10.0.0.5", "api.openai.com", 443, Entry::Connect);
+        assert_eq!(
+            decide(&p, &f, &[ip("8.8.8.8")]),
+            Verdict::Allow(Target {
+                host: h("api.openai.com"),
+                addr: "8.8.8.8:443".parse().unwrap()
+            })
+        );
+        assert!(matches!(
+            decide(&p, &f, &[ip("10.0.0.1")]),
+            Verdict::Deny(DenyReason::ForbiddenAddress(..))
+        ));
+    }
+}
