@@ -197,11 +197,5 @@ async fn plain_http(
     headers::check_authority(&req, &target.host, port)?;
     headers::check_framing(&req)?;
     tracing::info!(%client, url = %what, addr = %target.addr, "allow plain HTTP (no credential)");
-    let (mut parts, incoming) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::strip_request_only(&mut parts.headers);
-    let req = Request::from_parts(parts, body::stream(incoming));
-    let mut resp = app.upstream.send(Scheme::Http, &target, req).await?;
-    headers::strip_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+    crate::handle::forward(app, Scheme::Http, &target, None, req).await
 }

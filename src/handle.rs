@@ -1,55 +1,115 @@
-//! Per-request handling inside an intercepted tunnel: check, inject, forward.
+//! Per-request handling: check, inject, forward. One function serves the intercepted tunnel
+//! and the cleartext `http://` path, so a fix here is a fix for every entry.
 
-use http::{Request, Response};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 use crate::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
 use crate::headers;
+use crate::inject::Route;
 use crate::intercept::Tunnel;
+use crate::policy::Target;
 use crate::upstream::Scheme;
 
 pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) -> Response<Body> {
-    match forward(app, tunnel, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(),
-    }
+    let target = &tunnel.target;
+    let checked = headers::check_authority(&req, &target.host, target.port())
+        .and_then(|()| headers::check_framing(&req));
+    let result = match checked {
+        Err(e) => Err(e),
+        Ok(()) if tunnel.route.is_some() && headers::is_trace(req.method()) => {
+            Err(ProxyError::MethodNotAllowed(format!(
+                "{} is refused on {}: it would echo the credential",
+                req.method(),
+                target.host
+            )))
+        }
+        Ok(()) => forward(app, Scheme::Https, target, tunnel.route.as_ref(), req).await,
+    };
+    result.unwrap_or_else(ProxyError::into_response)
 }
 
-async fn forward(
+/// Forwards a checked request to `target`. `route` is `Some` only on verified TLS paths.
+pub async fn forward(
     app: &App,
-    tunnel: &Tunnel,
-    req: Request<Incoming>,
+    scheme: Scheme,
+    target: &Target,
+    route: Option<&Route>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
-    let target = &tunnel.target;
-    headers::check_authority(&req, &target.host, target.port())?;
-    headers::check_framing(&req)?;
-    if tunnel.route.is_some() && headers::is_trace(req.method()) {
-        return Err(ProxyError::MethodNotAllowed(format!(
-            "{} is refused on {}: it would echo the credential",
-            req.method(),
-            target.host
-        )));
-    }
+    let websocket = is_websocket(&req);
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
+    // Every other upgrade (h2c, TLS/1.0, ...) is refused by dropping its headers: the
+    // request is served as plain HTTP/1.1, which every server must accept.
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_request_only(&mut parts.headers);
-    if let Some(route) = &tunnel.route {
-        route.apply(&mut parts.headers);
-        tracing::info!(
-            client = %tunnel.client,
-            host = %target.host,
-            method = %parts.method,
-            path = parts.uri.path(),
-            credential = %route.env_var,
-            "injected"
-        );
-    } else {
-        tracing::debug!(host = %target.host, method = %parts.method, path = parts.uri.path(), "forwarding");
+    if websocket {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts
+            .headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    match route {
+        Some(route) => {
+            route.apply(&mut parts.headers);
+            tracing::info!(
+                host = %target.host,
+                method = %parts.method,
+                path = parts.uri.path(),
+                credential = %route.env_var,
+                "injected"
+            );
+        }
+        None => {
+            tracing::debug!(host = %target.host, method = %parts.method, path = parts.uri.path(), "forwarding")
+        }
     }
     let req = Request::from_parts(parts, body::stream(incoming));
-    let mut resp = app.upstream.send(Scheme::Https, target, req).await?;
-    headers::strip_hop_by_hop(resp.headers_mut());
-    Ok(resp)
+    let Some(client_upgrade) = client_upgrade else {
+        let mut resp = app.upstream.send(scheme, target, req).await?;
+        headers::strip_hop_by_hop(resp.headers_mut());
+        return Ok(resp);
+    };
+    let mut resp = app.upstream.send_upgrade(scheme, target, req).await?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        headers::strip_hop_by_hop(resp.headers_mut());
+        return Ok(resp.map(body::stream));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut resp);
+    let host = target.host.clone();
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client, upstream)) => {
+                let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
+                match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                    Ok((up, down)) => tracing::debug!(%host, up, down, "websocket closed"),
+                    Err(e) => tracing::debug!(%host, "websocket ended: {e}"),
+                }
+            }
+            Err(e) => tracing::info!(%host, "websocket upgrade failed: {e}"),
+        }
+    });
+    // The 101 keeps its Connection/Upgrade headers: they are the handshake.
+    Ok(resp.map(|_| body::empty()))
+}
+
+/// An HTTP/1.1 WebSocket handshake (RFC 6455 §4.1).
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.version() == Version::HTTP_11
+        && req.method() == http::Method::GET
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
 }

@@ -268,7 +268,8 @@ mod tests {
 
     #[test]
     fn authority_forms() {
-        let cases: &[(&str, Option<u16>, Option<(&str, u16)>)] = &[
+        type Case<'a> = (&'a str, Option<u16>, Option<(&'a str, u16)>);
+        let cases: &[Case] = &[
             ("api.openai.com:443", None, Some(("api.openai.com", 443))),
             ("API.openai.com.:8443", None, Some(("api.openai.com", 8443))),
             ("[::1]:443", None, Some(("::1", 443))),

@@ -66,6 +66,8 @@ pub fn root_store(
 
 pub struct Upstream {
     tls: TlsConnector,
+    /// ALPN `http/1.1` only: a WebSocket handshake needs an HTTP/1.1 connection of its own.
+    tls_h1: TlsConnector,
     pool: Arc<Pool>,
 }
 
@@ -94,9 +96,12 @@ impl Upstream {
                 .map(|b| b.with_root_certificates(roots).with_no_client_auth())
                 // The ring provider always supports the default versions.
                 .expect("ring supports TLS 1.2 and 1.3");
+        let mut h1_only = cfg.clone();
+        h1_only.alpn_protocols = vec![b"http/1.1".to_vec()];
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Upstream {
             tls: TlsConnector::from(Arc::new(cfg)),
+            tls_h1: TlsConnector::from(Arc::new(h1_only)),
             pool: Arc::new(Pool::default()),
         }
     }
@@ -115,7 +120,7 @@ impl Upstream {
         };
         let mut conn = match self.pool.checkout(&key).await {
             Some(c) => c,
-            None => self.connect(&key).await?,
+            None => self.connect(&key, &self.tls).await?,
         };
         let upstream_err = |e: hyper::Error| ProxyError::UpstreamHttp {
             host: target.host.to_string(),
@@ -145,7 +150,35 @@ impl Upstream {
         Ok(Response::from_parts(parts, body))
     }
 
-    async fn connect(&self, key: &Key) -> Result<Conn, ProxyError> {
+    /// Sends an upgrade request (WebSocket) on a fresh HTTP/1.1 connection that is never
+    /// pooled: after a 101 the connection belongs to the relayed bytes.
+    pub async fn send_upgrade(
+        &self,
+        scheme: Scheme,
+        target: &Target,
+        mut req: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let key = Key {
+            scheme,
+            target: target.clone(),
+        };
+        let Conn::H1(mut sender) = self.connect(&key, &self.tls_h1).await? else {
+            return Err(ProxyError::UpstreamHttp {
+                host: target.host.to_string(),
+                detail: "negotiated HTTP/2 on an HTTP/1.1-only connection".into(),
+            });
+        };
+        to_h1(&mut req, target, scheme);
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProxyError::UpstreamHttp {
+                host: target.host.to_string(),
+                detail: crate::error::chain(&e),
+            })
+    }
+
+    async fn connect(&self, key: &Key, tls: &TlsConnector) -> Result<Conn, ProxyError> {
         let target = &key.target;
         let conn_err = |detail: String| ProxyError::Connect {
             target: format!("{} ({})", target.host.with_port(target.port()), target.addr),
@@ -168,7 +201,7 @@ impl Upstream {
             None => ServerName::try_from(target.host.as_str().to_string())
                 .map_err(|e| tls_err(e.to_string()))?,
         };
-        let tls = tokio::time::timeout(UPSTREAM_TLS_TIMEOUT, self.tls.connect(name, tcp))
+        let tls = tokio::time::timeout(UPSTREAM_TLS_TIMEOUT, tls.connect(name, tcp))
             .await
             .map_err(|_| tls_err(format!("no handshake within {UPSTREAM_TLS_TIMEOUT:?}")))?
             .map_err(|e| tls_err(io_chain(&e)))?;
