@@ -55,3 +55,4 @@ impl App {
         ProxyError::Denied(reason)
     }
 }
+pub mod orig_dst;
