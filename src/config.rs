@@ -89,6 +89,17 @@ pub struct Args {
     /// Validate the configuration, print a summary and exit.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Without a command, the proxy runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Print the stub Google Application Default Credentials JSON that the agent should
+    /// hold (GOOGLE_APPLICATION_CREDENTIALS=<file>), and exit.
+    StubAdc,
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.

@@ -185,6 +185,11 @@ async fn plain_http(
     host: Host,
     port: u16,
 ) -> Result<Response<Body>, ProxyError> {
+    // The emulated metadata server answers before the SSRF guard would refuse
+    // 169.254.169.254; nothing is forwarded.
+    if let Some(resp) = crate::gcloud::metadata::intercept(app, &host, port, &req) {
+        return Ok(resp);
+    }
     let what = req.uri().to_string();
     let method = req.method().clone();
     let facts = Facts {

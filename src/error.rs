@@ -40,6 +40,10 @@ pub enum ProxyError {
     UpstreamTls { host: String, detail: String },
     #[error("upstream {host} failed: {detail}")]
     UpstreamHttp { host: String, detail: String },
+    /// No access token for a gcloud route (token endpoint down, credential revoked, ...).
+    /// `detail` never holds a secret: it is built from fetch errors, not token values.
+    #[error("no Google access token for {credential}: {detail}")]
+    NoToken { credential: String, detail: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -54,7 +58,8 @@ impl ProxyError {
             ProxyError::Resolve { .. }
             | ProxyError::Connect { .. }
             | ProxyError::UpstreamTls { .. }
-            | ProxyError::UpstreamHttp { .. } => Blame::Upstream,
+            | ProxyError::UpstreamHttp { .. }
+            | ProxyError::NoToken { .. } => Blame::Upstream,
             ProxyError::Internal(_) => Blame::Internal,
         }
     }
@@ -68,7 +73,8 @@ impl ProxyError {
             ProxyError::Resolve { .. }
             | ProxyError::Connect { .. }
             | ProxyError::UpstreamTls { .. }
-            | ProxyError::UpstreamHttp { .. } => StatusCode::BAD_GATEWAY,
+            | ProxyError::UpstreamHttp { .. }
+            | ProxyError::NoToken { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

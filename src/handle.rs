@@ -28,7 +28,11 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
                 target.host
             )))
         }
-        Ok(()) => forward(app, Scheme::Https, target, tunnel.route.as_ref(), req).await,
+        // Google token requests are answered here, never forwarded (gcloud::vend).
+        Ok(()) => match crate::gcloud::vend::try_vend(app, &target.host, req).await {
+            Ok(vended) => Ok(vended),
+            Err(req) => forward(app, Scheme::Https, target, tunnel.route.as_ref(), req).await,
+        },
     };
     result.unwrap_or_else(ProxyError::into_response)
 }
@@ -56,9 +60,20 @@ pub async fn forward(
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
+    if let Some(route) = route
+        && let Some(credential) = route.gcloud()
+        && client_upgrade.is_none()
+    {
+        // Injection with refresh-and-retry on 401 (gcloud::retry).
+        let mut resp =
+            crate::gcloud::retry::send(app, scheme, target, route, credential, parts, incoming)
+                .await?;
+        headers::strip_hop_by_hop(resp.headers_mut());
+        return Ok(resp);
+    }
     match route {
         Some(route) => {
-            route.apply(&mut parts.headers);
+            route.inject(&mut parts.headers).await?;
             tracing::info!(
                 host = %target.host,
                 method = %parts.method,

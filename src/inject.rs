@@ -3,10 +3,14 @@
 //! Pure over request headers; the only I/O (reading env vars) happens once at startup in
 //! [`Routes::from_json`].
 
+use std::sync::Arc;
+
 use base64::Engine;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
+use crate::error::ProxyError;
+use crate::gcloud::GcloudCredential;
 use crate::host::{DomainPattern, Host};
 use crate::secret::Secret;
 
@@ -21,7 +25,7 @@ pub enum Injector {
     ApiKey { header: HeaderName },
     /// `Authorization: Basic base64(<username>:<value>)`, for git hosts.
     Basic { username: String },
-    /// OAuth2 access tokens from Google ADC (not available yet).
+    /// `Authorization: Bearer <token>`, a Google OAuth2 access token from ADC.
     Gcloud,
 }
 
@@ -41,9 +45,17 @@ pub struct Route {
     pub domains: Vec<DomainPattern>,
     /// The header this route owns.
     pub header: HeaderName,
+    credential: Credential,
+}
+
+/// Where a route's header value comes from.
+#[derive(Clone, Debug)]
+enum Credential {
     /// The complete header value, built once and marked sensitive (so HPACK never indexes it
     /// and `Debug` prints `Sensitive`).
-    value: HeaderValue,
+    Static(HeaderValue),
+    /// A Google access token, fetched and refreshed at run time.
+    Gcloud(Arc<GcloudCredential>),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -136,11 +148,21 @@ impl Routes {
                 }
             };
             if let Injector::Gcloud = injector {
-                if env(&e.env_var).is_some() {
-                    out.skipped.push((
-                        e.env_var.clone(),
-                        "the gcloud injector is not available in this build yet",
-                    ));
+                // Every gcloud entry names the same ADC sources; one token cache serves all.
+                let existing = out.gcloud().cloned();
+                let credential = match existing {
+                    Some(c) => Some(c),
+                    None => GcloudCredential::from_env(&e.env_var, env)
+                        .map_err(bad)?
+                        .map(Arc::new),
+                };
+                if let Some(credential) = credential {
+                    out.routes.push(Route {
+                        env_var: e.env_var,
+                        domains,
+                        header: AUTHORIZATION,
+                        credential: Credential::Gcloud(credential),
+                    });
                 }
                 continue;
             }
@@ -170,7 +192,7 @@ impl Routes {
                 env_var: e.env_var,
                 domains,
                 header: injector.header(),
-                value,
+                credential: Credential::Static(value),
             });
         }
         Ok(out)
@@ -186,19 +208,62 @@ impl Routes {
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
         self.routes.iter()
     }
+
+    /// The configured Google credential, if any (it enables token vending and the metadata
+    /// emulation).
+    pub fn gcloud(&self) -> Option<&Arc<GcloudCredential>> {
+        self.routes.iter().find_map(Route::gcloud)
+    }
 }
 
 impl Route {
     /// Removes every value of the route's header the client sent (the map is
     /// case-insensitive, so all spellings and duplicates go) and sets exactly one real value.
+    /// A gcloud route's value needs a token fetch: this only removes the client's value;
+    /// use [`Route::inject`].
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(&self.header);
-        headers.insert(self.header.clone(), self.value.clone());
+        if let Credential::Static(value) = &self.credential {
+            headers.insert(self.header.clone(), value.clone());
+        }
     }
 
-    /// True when `text` contains this route's secret, for scrubbing echoes.
-    pub fn value_bytes(&self) -> &[u8] {
-        self.value.as_bytes()
+    /// [`Route::apply`] for every kind of route: a gcloud route gets a current access token
+    /// (fetched if needed). No token means a 502 that says why.
+    pub async fn inject(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+        let value = match &self.credential {
+            Credential::Static(value) => value.clone(),
+            Credential::Gcloud(g) => {
+                g.tokens
+                    .token()
+                    .await
+                    .map_err(|detail| ProxyError::NoToken {
+                        credential: self.env_var.clone(),
+                        detail,
+                    })?
+                    .value
+            }
+        };
+        headers.remove(&self.header);
+        headers.insert(self.header.clone(), value);
+        Ok(())
+    }
+
+    /// The route's Google credential, when it is a gcloud route.
+    pub fn gcloud(&self) -> Option<&Arc<GcloudCredential>> {
+        match &self.credential {
+            Credential::Gcloud(g) => Some(g),
+            Credential::Static(_) => None,
+        }
+    }
+
+    /// The secret header value, for scrubbing echoes; `None` for a gcloud route, whose
+    /// value changes with every refresh.
+    pub fn value_bytes(&self) -> Option<&[u8]> {
+        match &self.credential {
+            Credential::Static(value) => Some(value.as_bytes()),
+            Credential::Gcloud(_) => None,
+        }
     }
 }
 

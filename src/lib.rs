@@ -21,6 +21,7 @@ pub mod upstream;
 
 pub mod body;
 pub mod error;
+pub mod gcloud;
 
 use std::net::IpAddr;
 

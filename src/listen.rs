@@ -63,6 +63,9 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
             "upstream trust: no root certificates; every upstream will fail verification (install ca-certificates or set PAUDE_PROXY_UPSTREAM_CA)"
         );
     }
+    if let Some(g) = config.routes.gcloud() {
+        tracing::info!("{}", g.summary());
+    }
     for (var, why) in &config.routes.skipped {
         tracing::warn!(credential = %var, "credential unavailable: {why}");
     }

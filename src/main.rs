@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use paude_proxy::config::{Args, Config};
+use paude_proxy::config::{Args, Command, Config};
 use tracing_subscriber::EnvFilter;
 
 /// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
@@ -19,6 +19,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    // Subcommands need no configuration: a broken proxy setup must not stop them.
+    if let Some(Command::StubAdc) = args.command {
+        print!("{}", paude_proxy::gcloud::stub::json());
+        return ExitCode::SUCCESS;
+    }
     let env = |k: &str| std::env::var(k).ok();
     let config = match Config::from_args(args, &env) {
         Ok(c) => c,

@@ -1,0 +1,114 @@
+//! GCE metadata-server emulation. Go clients and some SDKs ask the metadata server for a
+//! token instead of reading ADC. Such requests (explicit `http://` requests, or plain HTTP
+//! redirected in transparent mode) are answered here, never forwarded, and only when a
+//! gcloud credential is configured; otherwise the SSRF guard refuses `169.254.169.254` as
+//! usual.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use http::{Request, Response, StatusCode, header};
+
+use crate::App;
+use crate::body::{self, Body};
+use crate::gcloud::GcloudCredential;
+use crate::gcloud::vend::VENDED_TOKEN_JSON;
+use crate::host::Host;
+
+pub const METADATA_HOST: &str = "metadata.google.internal";
+pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+pub const METADATA_PORT: u16 = 80;
+
+/// What the emulation says the agent's service account is: a placeholder, not the real
+/// account, which the agent has no use for.
+pub const PLACEHOLDER_EMAIL: &str = "paude-proxy-managed@paude-proxy.invalid";
+
+const FLAVOR: &str = "metadata-flavor";
+const TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+const EMAIL_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/email";
+const PROJECT_PATH: &str = "/computeMetadata/v1/project/project-id";
+
+/// True when `host:port` is the metadata server. Pure, for both entry modes.
+pub fn answers(host: &Host, port: u16) -> bool {
+    port == METADATA_PORT
+        && (host.as_str() == METADATA_HOST
+            || host.ip().map(|ip| ip.to_canonical()) == Some(IpAddr::V4(METADATA_IP)))
+}
+
+/// The hook for entry paths: the answer when `host:port` is the metadata server and a
+/// gcloud credential is configured, `None` otherwise (the request then takes its normal
+/// course through the policy).
+pub fn intercept<B>(app: &App, host: &Host, port: u16, req: &Request<B>) -> Option<Response<Body>> {
+    if !answers(host, port) {
+        return None;
+    }
+    let credential = app.routes.gcloud()?;
+    let resp = respond(credential, req);
+    tracing::info!(
+        %host,
+        path = req.uri().path(),
+        status = resp.status().as_u16(),
+        "answered a metadata-server request"
+    );
+    Some(resp)
+}
+
+/// The emulated server. Like the real one it insists on `Metadata-Flavor: Google` (a
+/// browser-style SSRF cannot set it) and labels every answer with the same header, which
+/// is how clients recognise a metadata server.
+pub fn respond<B>(credential: &GcloudCredential, req: &Request<B>) -> Response<Body> {
+    let flavored = req
+        .headers()
+        .get_all(FLAVOR)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
+    if !flavored {
+        return answer(
+            StatusCode::FORBIDDEN,
+            "text/plain",
+            "Missing required header: Metadata-Flavor: Google\n".into(),
+        );
+    }
+    match req.uri().path() {
+        TOKEN_PATH => answer(StatusCode::OK, "application/json", VENDED_TOKEN_JSON.into()),
+        EMAIL_PATH => answer(StatusCode::OK, "application/text", PLACEHOLDER_EMAIL.into()),
+        PROJECT_PATH => match &credential.project_id {
+            Some(p) => answer(StatusCode::OK, "application/text", p.clone()),
+            None => not_found(),
+        },
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> Response<Body> {
+    answer(StatusCode::NOT_FOUND, "text/plain", "Not Found\n".into())
+}
+
+fn answer(status: StatusCode, content_type: &'static str, text: String) -> Response<Body> {
+    let mut resp = Response::new(body::full(text));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(FLAVOR, header::HeaderValue::from_static("Google"));
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_destinations_are_the_metadata_server() {
+        let h = |s: &str| Host::parse(s).unwrap();
+        assert!(answers(&h("metadata.google.internal"), 80));
+        assert!(answers(&h("Metadata.Google.Internal."), 80));
+        assert!(answers(&h("169.254.169.254"), 80));
+        assert!(answers(&h("::ffff:169.254.169.254"), 80));
+        assert!(!answers(&h("169.254.169.254"), 8080));
+        assert!(!answers(&h("metadata.google.internal"), 443));
+        assert!(!answers(&h("169.254.169.253"), 80));
+        assert!(!answers(&h("metadata.google.internal.evil.com"), 80));
+    }
+}

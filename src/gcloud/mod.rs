@@ -1,0 +1,198 @@
+//! Google Cloud: the agent holds a stub Application Default Credentials file, the proxy
+//! holds the real one.
+//!
+//! - [`adc`] reads the real ADC (`GCP_ADC_JSON` inline, else the `GOOGLE_APPLICATION_CREDENTIALS`
+//!   path) once at startup;
+//! - [`fetch`] turns it into access tokens (`gcp_auth` for service accounts);
+//! - [`token`] caches them, one fetch at a time, and refreshes on demand;
+//! - [`retry`] forwards a request with the real token and retries once after a `401`;
+//! - [`vend`] answers the agent's own OAuth token requests with a placeholder;
+//! - [`metadata`] emulates the GCE metadata server for clients that ask it directly;
+//! - [`stub`] is the ADC file the agent holds.
+
+pub mod adc;
+pub mod fetch;
+pub mod metadata;
+pub mod retry;
+pub mod stub;
+pub mod token;
+pub mod vend;
+
+use std::fmt;
+
+use crate::gcloud::adc::{Adc, AdcKind};
+use crate::gcloud::token::TokenSource;
+
+/// What the agent holds wherever a Google token would be: in the stub ADC, in vended
+/// tokens, in metadata answers. The proxy never injects a token that looks like this.
+pub const PLACEHOLDER_TOKEN: &str = "paude-proxy-managed";
+
+/// Real Google access tokens are far longer (ya29.… is 100+ characters); anything shorter
+/// than this is a stub or a test value that must not be sent upstream as a credential.
+pub const MIN_TOKEN_LEN: usize = 20;
+
+/// The scope requested for service-account tokens: what Vertex AI and most APIs need.
+pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// Inline ADC JSON; wins over the `GOOGLE_APPLICATION_CREDENTIALS` path when both are set.
+pub const INLINE_ADC_VAR: &str = "GCP_ADC_JSON";
+
+/// A configured Google credential: its token source plus what the metadata emulation may
+/// reveal (the project id; never a key, a refresh token or an access token).
+pub struct GcloudCredential {
+    /// Where the ADC came from, for log lines: a variable name and maybe a path.
+    pub origin: String,
+    pub project_id: Option<String>,
+    /// `service account <email>` or `authorized user`: no secret.
+    pub account: String,
+    pub tokens: TokenSource,
+}
+
+impl fmt::Debug for GcloudCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GcloudCredential")
+            .field("origin", &self.origin)
+            .field("project_id", &self.project_id)
+            .field("account", &self.account)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GcloudCredential {
+    /// Reads the ADC for a `gcloud` route whose variable is `env_var` (normally
+    /// `GOOGLE_APPLICATION_CREDENTIALS`, a path). `Ok(None)`: nothing is set, the route is
+    /// skipped like any other route without its credential. Errors never contain the ADC's
+    /// content.
+    pub fn from_env(
+        env_var: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<GcloudCredential>, String> {
+        let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let (json, origin) = if let Some(inline) = set(INLINE_ADC_VAR) {
+            (inline, INLINE_ADC_VAR.to_string())
+        } else if let Some(path) = set(env_var) {
+            let json = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read the ADC file {path}: {e}"))?;
+            (json, format!("{env_var}={path}"))
+        } else {
+            return Ok(None);
+        };
+        let adc = Adc::parse(&json).map_err(|e| format!("{origin}: {e}"))?;
+        Self::from_adc(adc, origin).map(Some)
+    }
+
+    pub fn from_adc(adc: Adc, origin: String) -> Result<GcloudCredential, String> {
+        let account = match &adc.kind {
+            AdcKind::ServiceAccount { client_email, .. } => {
+                format!("service account {client_email}")
+            }
+            AdcKind::AuthorizedUser { .. } => "authorized user".to_string(),
+        };
+        let fetcher = fetch::for_adc(&adc).map_err(|e| format!("{origin}: {e}"))?;
+        Ok(GcloudCredential {
+            origin,
+            project_id: adc.project_id.clone(),
+            account,
+            tokens: TokenSource::new(fetcher),
+        })
+    }
+
+    /// One line for the startup log.
+    pub fn summary(&self) -> String {
+        format!(
+            "gcloud credential from {}: {}, project {}, token endpoint {}",
+            self.origin,
+            self.account,
+            self.project_id.as_deref().unwrap_or("unknown"),
+            self.tokens.endpoint()
+        )
+    }
+}
+
+/// True for values the agent holds instead of a token (and for any token too short to be
+/// a real one).
+pub fn looks_like_placeholder(token: &str) -> bool {
+    token.trim() == PLACEHOLDER_TOKEN || token.trim().len() < MIN_TOKEN_LEN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_recognised() {
+        assert!(looks_like_placeholder("paude-proxy-managed"));
+        assert!(looks_like_placeholder(" paude-proxy-managed "));
+        assert!(looks_like_placeholder("ya29.short"));
+        assert!(looks_like_placeholder(""));
+        assert!(!looks_like_placeholder(
+            "ya29.a0AfH6SMBx-a-realistic-looking-token"
+        ));
+    }
+
+    #[test]
+    fn nothing_set_skips_the_route() {
+        let got = GcloudCredential::from_env("GOOGLE_APPLICATION_CREDENTIALS", &|_| None).unwrap();
+        assert!(got.is_none());
+        let blank =
+            GcloudCredential::from_env("GOOGLE_APPLICATION_CREDENTIALS", &|_| Some("  ".into()))
+                .unwrap();
+        assert!(blank.is_none());
+    }
+
+    #[test]
+    fn unreadable_file_names_the_path_not_the_content() {
+        let err = GcloudCredential::from_env("GOOGLE_APPLICATION_CREDENTIALS", &|k| {
+            (k == "GOOGLE_APPLICATION_CREDENTIALS").then(|| "/nonexistent/adc.json".into())
+        })
+        .unwrap_err();
+        assert!(err.contains("/nonexistent/adc.json"), "{err}");
+    }
+
+    #[test]
+    fn the_default_table_routes_googleapis_to_the_gcloud_credential() {
+        use crate::host::Host;
+        use crate::inject::{DEFAULT_CREDENTIALS_JSON, Routes};
+        use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+
+        let inline = r#"{"type":"authorized_user","client_id":"c","client_secret":"csecret-value","refresh_token":"rtoken-value"}"#;
+        let routes = Routes::from_json(DEFAULT_CREDENTIALS_JSON, &|k| {
+            (k == INLINE_ADC_VAR).then(|| inline.to_string())
+        })
+        .unwrap();
+        assert!(routes.gcloud().is_some());
+        let h = |s: &str| Host::parse(s).unwrap();
+        let route = routes
+            .find(&h("us-central1-aiplatform.googleapis.com"))
+            .unwrap();
+        assert!(route.gcloud().is_some() && route.value_bytes().is_none());
+        assert!(routes.find(&h("googleapis.com.evil.com")).is_none());
+        // The synchronous path can only drop the client's value; `inject` sets the token.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer paude-proxy-managed"),
+        );
+        route.apply(&mut headers);
+        assert!(headers.get(AUTHORIZATION).is_none());
+
+        let none = Routes::from_json(DEFAULT_CREDENTIALS_JSON, &|_| None).unwrap();
+        assert!(none.gcloud().is_none());
+    }
+
+    #[test]
+    fn inline_wins_over_the_path() {
+        let inline = r#"{"type":"authorized_user","client_id":"cid","client_secret":"csecret-value","refresh_token":"rtoken-value","quota_project_id":"inline-project"}"#;
+        let got = GcloudCredential::from_env("GOOGLE_APPLICATION_CREDENTIALS", &|k| match k {
+            "GCP_ADC_JSON" => Some(inline.into()),
+            "GOOGLE_APPLICATION_CREDENTIALS" => Some("/nonexistent/adc.json".into()),
+            _ => None,
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(got.origin, "GCP_ADC_JSON");
+        assert_eq!(got.project_id.as_deref(), Some("inline-project"));
+        let shown = format!("{got:?} {}", got.summary());
+        assert!(!shown.contains("csecret-value") && !shown.contains("rtoken-value"));
+    }
+}
