@@ -145,7 +145,7 @@ async fn connect(
         client,
         host,
         port,
-        entry: Entry::Connect,
+        entry: Entry::Tls,
     };
     let target = approve(app, facts, "CONNECT", &what).await?;
     let route = app.routes.find(&target.host).cloned();

@@ -35,8 +35,8 @@ pub struct Policy {
 /// How the request reached us; decides the default port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// `CONNECT host:port`, intercepted as TLS.
-    Connect,
+    /// TLS to intercept: a `CONNECT host:port` tunnel or a redirected TLS connection.
+    Tls,
     /// `GET http://host/...`, forwarded as cleartext HTTP.
     PlainHttp,
 }
@@ -44,7 +44,7 @@ pub enum Entry {
 impl Entry {
     pub fn default_port(self) -> u16 {
         match self {
-            Entry::Connect => 443,
+            Entry::Tls => 443,
             Entry::PlainHttp => 80,
         }
     }
@@ -89,6 +89,11 @@ pub enum DenyReason {
     ForbiddenAddress(Host, IpAddr),
     /// The destination is one of the proxy's own listeners.
     ProxyLoop(SocketAddr),
+    /// Transparent mode: the name (SNI or `Host`) was not given to this client for the
+    /// address it dialled, and does not resolve to it either.
+    AddressMismatch(Host, IpAddr),
+    /// Transparent mode: a TLS connection without SNI to an address no IP rule allows.
+    NoSni(IpAddr),
 }
 
 impl fmt::Display for DenyReason {
@@ -110,6 +115,15 @@ impl fmt::Display for DenyReason {
                  (allow it with PAUDE_PROXY_ALLOWED_UPSTREAM_NETS)"
             ),
             DenyReason::ProxyLoop(a) => write!(f, "{a} is the proxy itself"),
+            DenyReason::AddressMismatch(h, ip) => write!(
+                f,
+                "{h} does not resolve to {ip}, the address the connection was made to \
+                 (was the name resolved through the sandbox DNS?)"
+            ),
+            DenyReason::NoSni(ip) => write!(
+                f,
+                "TLS to {ip} without a server name (SNI); only an IP listed in ALLOWED_DOMAINS may be reached that way"
+            ),
         }
     }
 }
@@ -296,49 +310,49 @@ mod tests {
         use Entry::*;
         let p = policy();
         let table: Vec<(Facts, Result<(), DenyReason>)> = vec![
-            (facts("10.0.0.5", "api.openai.com", 443, Connect), Ok(())),
+            (facts("10.0.0.5", "api.openai.com", 443, Tls), Ok(())),
             (
-                facts("::ffff:10.0.0.5", "api.openai.com", 443, Connect),
+                facts("::ffff:10.0.0.5", "api.openai.com", 443, Tls),
                 Ok(()),
             ),
             (
-                facts("10.0.1.5", "api.openai.com", 443, Connect),
+                facts("10.0.1.5", "api.openai.com", 443, Tls),
                 Err(ClientNotAllowed(ip("10.0.1.5"))),
             ),
             (
-                facts("10.0.0.5", "evil-openai.com", 443, Connect),
+                facts("10.0.0.5", "evil-openai.com", 443, Tls),
                 Err(DomainNotAllowed(h("evil-openai.com"))),
             ),
             (facts("10.0.0.5", "api.openai.com", 80, PlainHttp), Ok(())),
             (
-                facts("10.0.0.5", "api.openai.com", 80, Connect),
+                facts("10.0.0.5", "api.openai.com", 80, Tls),
                 Err(PortNotAllowed(h("api.openai.com"), 80)),
             ),
             (
                 facts("10.0.0.5", "api.openai.com", 443, PlainHttp),
                 Err(PortNotAllowed(h("api.openai.com"), 443)),
             ),
-            (facts("10.0.0.5", "api.openai.com", 4318, Connect), Ok(())),
-            (facts("10.0.0.5", "github.com", 8443, Connect), Ok(())),
+            (facts("10.0.0.5", "api.openai.com", 4318, Tls), Ok(())),
+            (facts("10.0.0.5", "github.com", 8443, Tls), Ok(())),
             (
-                facts("10.0.0.5", "api.github.com", 8443, Connect),
+                facts("10.0.0.5", "api.github.com", 8443, Tls),
                 Err(DomainNotAllowed(h("api.github.com"))),
             ),
             (
-                facts("10.0.0.5", "api.openai.com", 8443, Connect),
+                facts("10.0.0.5", "api.openai.com", 8443, Tls),
                 Err(PortNotAllowed(h("api.openai.com"), 8443)),
             ),
             // An endpoint exception never bypasses ALLOWED_DOMAINS.
             (
-                facts("10.0.0.5", "evil.com", 22, Connect),
+                facts("10.0.0.5", "evil.com", 22, Tls),
                 Err(DomainNotAllowed(h("evil.com"))),
             ),
-            (facts("10.0.0.5", "abc.example.org", 443, Connect), Ok(())),
+            (facts("10.0.0.5", "abc.example.org", 443, Tls), Ok(())),
             (
-                facts("10.0.0.5", "a.b.example.org", 443, Connect),
+                facts("10.0.0.5", "a.b.example.org", 443, Tls),
                 Err(DomainNotAllowed(h("a.b.example.org"))),
             ),
-            (facts("10.0.0.5", "1.2.3.4", 443, Connect), Ok(())),
+            (facts("10.0.0.5", "1.2.3.4", 443, Tls), Ok(())),
         ];
         for (f, want) in table {
             assert_eq!(admit(&p, &f), want, "{f:?}");
@@ -349,10 +363,10 @@ mod tests {
     fn no_lists_means_allow_all_on_default_ports() {
         let p = Policy::default();
         assert_eq!(
-            admit(&p, &facts("8.8.8.8", "anything.net", 443, Entry::Connect)),
+            admit(&p, &facts("8.8.8.8", "anything.net", 443, Entry::Tls)),
             Ok(())
         );
-        assert!(admit(&p, &facts("8.8.8.8", "anything.net", 25, Entry::Connect)).is_err());
+        assert!(admit(&p, &facts("8.8.8.8", "anything.net", 25, Entry::Tls)).is_err());
     }
 
     #[test]
@@ -417,7 +431,7 @@ mod tests {
     #[test]
     fn decide_composes_both() {
         let p = policy();
-        let f = facts("10.0.0.5", "api.openai.com", 443, Entry::Connect);
+        let f = facts("10.0.0.5", "api.openai.com", 443, Entry::Tls);
         assert_eq!(
             decide(&p, &f, &[ip("8.8.8.8")]),
             Verdict::Allow(Target {
