@@ -133,9 +133,7 @@ pub fn admit(policy: &Policy, facts: &Facts) -> Result<(), DenyReason> {
     if !client_allowed(policy, facts.client) {
         return Err(DenyReason::ClientNotAllowed(facts.client));
     }
-    if let Some(domains) = &policy.domains
-        && !domains.iter().any(|p| p.matches(&facts.host))
-    {
+    if !domain_allowed(policy, &facts.host) {
         return Err(DenyReason::DomainNotAllowed(facts.host.clone()));
     }
     let port_ok = facts.port == facts.entry.default_port()
@@ -148,6 +146,14 @@ pub fn admit(policy: &Policy, facts: &Facts) -> Result<(), DenyReason> {
         return Err(DenyReason::PortNotAllowed(facts.host.clone(), facts.port));
     }
     Ok(())
+}
+
+/// `ALLOWED_DOMAINS` alone; also what the sandbox DNS answers by.
+pub fn domain_allowed(policy: &Policy, host: &Host) -> bool {
+    match &policy.domains {
+        None => true,
+        Some(domains) => domains.iter().any(|p| p.matches(host)),
+    }
 }
 
 pub fn client_allowed(policy: &Policy, client: IpAddr) -> bool {
@@ -311,10 +317,7 @@ mod tests {
         let p = policy();
         let table: Vec<(Facts, Result<(), DenyReason>)> = vec![
             (facts("10.0.0.5", "api.openai.com", 443, Tls), Ok(())),
-            (
-                facts("::ffff:10.0.0.5", "api.openai.com", 443, Tls),
-                Ok(()),
-            ),
+            (facts("::ffff:10.0.0.5", "api.openai.com", 443, Tls), Ok(())),
             (
                 facts("10.0.1.5", "api.openai.com", 443, Tls),
                 Err(ClientNotAllowed(ip("10.0.1.5"))),

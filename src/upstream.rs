@@ -120,7 +120,15 @@ impl Upstream {
         };
         let mut conn = match self.pool.checkout(&key).await {
             Some(c) => c,
-            None => self.connect(&key, &self.tls).await?,
+            None => {
+                let fresh = self.connect(&key, &self.tls).await?;
+                // An h2 connection is shared from the start: concurrent requests to the
+                // same target multiplex on it instead of each dialling.
+                if let Conn::H2(sender) = &fresh {
+                    self.pool.put(key.clone(), Conn::H2(sender.clone()));
+                }
+                fresh
+            }
         };
         let upstream_err = |e: hyper::Error| ProxyError::UpstreamHttp {
             host: target.host.to_string(),
@@ -303,8 +311,12 @@ impl Pool {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 let list = idle.get_mut(key)?;
                 list.retain(|(c, since)| since.elapsed() < POOL_IDLE_TIMEOUT && !c.is_closed());
-                match list.last() {
-                    Some((Conn::H2(s), _)) => Some(Conn::H2(s.clone())),
+                match list.last_mut() {
+                    // In use counts as not idle: refresh the timestamp.
+                    Some((Conn::H2(s), since)) => {
+                        *since = Instant::now();
+                        Some(Conn::H2(s.clone()))
+                    }
                     Some((Conn::H1(_), _)) => list.pop().map(|(c, _)| c),
                     None => None,
                 }
