@@ -12,13 +12,14 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::Incoming;
 use tokio_rustls::server::TlsStream;
 
 use crate::App;
 use crate::body::Body;
 use crate::error::{ProxyError, io_chain, text_response};
+use crate::framing::{FramingCheck, Watched};
 use crate::host::Host;
 use crate::inject::Route;
 use crate::policy::Target;
@@ -48,12 +49,22 @@ where
         return;
     };
     let tunnel = Arc::new(tunnel);
-    let service = service_fn(move |req| {
+    let framing = Arc::new(FramingCheck::default());
+    let io = Watched::new(tls, framing.clone());
+    let service = service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
         let tunnel = tunnel.clone();
-        async move { Ok::<_, Infallible>(crate::handle::tunnel_request(&app, &tunnel, req).await) }
+        let framing = framing.clone();
+        async move {
+            if req.version() < Version::HTTP_2
+                && let Err(e) = framing.next_request()
+            {
+                return Ok::<_, Infallible>(e.into_response());
+            }
+            Ok(crate::handle::tunnel_request(&app, &tunnel, req).await)
+        }
     });
-    serve_http(tls, service, &host).await;
+    serve_http(io, service, &host).await;
 }
 
 /// Completes the client's handshake only to answer every request with `err` (a 403 with
@@ -107,7 +118,7 @@ where
 }
 
 /// h2 or HTTP/1.1, whichever the client speaks (ALPN or prior knowledge).
-async fn serve_http<IO, S>(tls: TlsStream<IO>, service: S, host: &Host)
+async fn serve_http<IO, S>(io: IO, service: S, host: &Host)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -128,7 +139,7 @@ where
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(MAX_H2_STREAMS);
     if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
     {
         tracing::debug!(%host, "tunnel connection ended: {e}");

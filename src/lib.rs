@@ -13,6 +13,7 @@ pub mod client_hello;
 pub mod connect;
 pub mod dns;
 pub mod handle;
+pub mod framing;
 pub mod headers;
 pub mod inject;
 pub mod intercept;

@@ -20,6 +20,7 @@ use crate::body::Body;
 use crate::client_hello::{self, ParseError, ReadError, ReadLimits, Replay, Sni};
 use crate::dns::Evidence;
 use crate::error::ProxyError;
+use crate::framing::{FramingCheck, Watched};
 use crate::headers;
 use crate::host::{Host, parse_authority};
 use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_denied, serve_tunnel};
@@ -165,9 +166,18 @@ async fn agree(app: &App, client: IpAddr, host: &Host, ip: IpAddr) -> Result<(),
 /// Cleartext HTTP (port 80 and friends): the name comes from each request's `Host` and must
 /// agree with the original destination. Never a credential.
 async fn plain_http(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketAddr) {
+    let framing = Arc::new(FramingCheck::default());
+    let io = Watched::new(io, framing.clone());
     let service = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(http_request(&app, client, orig, req).await) }
+        let framing = framing.clone();
+        async move {
+            let resp = match framing.next_request() {
+                Ok(()) => http_request(&app, client, orig, req).await,
+                Err(e) => e.into_response(),
+            };
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
