@@ -25,6 +25,8 @@ use crate::upstream::{Upstream, root_store};
 /// DNS names in PAUDE_PROXY_ALLOWED_CLIENTS are re-resolved this often, for pods whose
 /// addresses change.
 const CLIENT_NAMES_REFRESH: Duration = Duration::from_secs(30);
+/// How often idle upstream connections past their limit are closed.
+const POOL_REAP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -290,6 +292,14 @@ pub async fn run(
         ca_dir.join("ca.crt").display()
     );
 
+    let reaper = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POOL_REAP_INTERVAL);
+        loop {
+            tick.tick().await;
+            reaper.upstream.reap_idle();
+        }
+    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     // Tests and scripts read the ports from these exact lines.
