@@ -22,6 +22,7 @@ use crate::headers;
 use crate::host::{Host, parse_authority};
 use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_tunnel};
 use crate::policy::{self, Entry, Facts, Target};
+use crate::resolve::is_local_addr;
 use crate::upstream::Scheme;
 
 /// The first request head (CONNECT line or absolute-URI request) must arrive in this time.
@@ -134,7 +135,7 @@ async fn approve(app: &App, facts: Facts, method: &str, what: &str) -> Result<Ta
         return Err(app.deny(facts.client, method, what, reason));
     }
     let addrs = app.resolver.lookup(&facts.host).await?;
-    match policy::pick_address(&policy, &facts.host, facts.port, &addrs) {
+    match policy::pick_address(&policy, &facts.host, facts.port, &addrs, &is_local_addr) {
         Ok(addr) => Ok(Target {
             host: facts.host,
             addr,

@@ -151,7 +151,10 @@ impl<IO> Watched<IO> {
         let room = MAX_WATCHED_HEAD.saturating_sub(before);
         buf.extend_from_slice(&bytes[..bytes.len().min(room)]);
         // Blank lines between requests are allowed (RFC 9112 §2.2).
-        let skip = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+        let skip = buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[skip..]) {
@@ -200,7 +203,10 @@ impl<IO> Watched<IO> {
         }
         match cl.first() {
             None => State::Head(Vec::new()),
-            Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            Some(v) => match std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
                 Some(0) => State::Head(Vec::new()),
                 Some(n) => State::Fixed(n),
                 None => State::Off,
@@ -239,7 +245,11 @@ fn chunk_size(content: &[u8]) -> Option<u64> {
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
@@ -251,7 +261,11 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -308,15 +322,27 @@ mod tests {
             assert_eq!(conflict(&[OK_GET, OK_GET].concat(), step), None, "{step}");
             assert_eq!(conflict(BAD, step), Some(0), "{step}");
             assert_eq!(conflict(BAD_TE_FIRST, step), Some(0), "{step}");
-            assert_eq!(conflict(&[OK_CL, OK_CHUNKED, BAD].concat(), step), Some(2), "{step}");
-            assert_eq!(conflict(&[OK_CHUNKED, OK_GET, BAD, BAD].concat(), step), Some(2), "{step}");
+            assert_eq!(
+                conflict(&[OK_CL, OK_CHUNKED, BAD].concat(), step),
+                Some(2),
+                "{step}"
+            );
+            assert_eq!(
+                conflict(&[OK_CHUNKED, OK_GET, BAD, BAD].concat(), step),
+                Some(2),
+                "{step}"
+            );
         }
     }
 
     #[test]
     fn body_bytes_that_look_like_a_head_are_not_heads() {
         // The body of the first request is itself a conflicting request: it must not count.
-        let mut wire = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", BAD.len()).into_bytes();
+        let mut wire = format!(
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            BAD.len()
+        )
+        .into_bytes();
         wire.extend_from_slice(BAD);
         wire.extend_from_slice(OK_GET);
         assert_eq!(conflict(&wire, 5), None);
@@ -325,7 +351,10 @@ mod tests {
     #[test]
     fn stops_on_what_it_cannot_follow() {
         assert_eq!(conflict(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4), None);
-        assert_eq!(conflict(&[b"\x16\x03\x01\x02\x00".as_slice(), BAD].concat(), 4), None);
+        assert_eq!(
+            conflict(&[b"\x16\x03\x01\x02\x00".as_slice(), BAD].concat(), 4),
+            None
+        );
         let next = FramingCheck::default();
         assert!(next.next_request().is_ok());
     }

@@ -165,16 +165,21 @@ pub fn client_allowed(policy: &Policy, client: IpAddr) -> bool {
 }
 
 /// The SSRF guard: the first resolved address that may be dialled.
+///
+/// `is_local` says whether an address belongs to this host: a listener bound to all
+/// interfaces is reachable on every local address (an agent dialling its gateway's
+/// `10.200.0.1:3128` must not make the proxy dial itself).
 pub fn pick_address(
     policy: &Policy,
     host: &Host,
     port: u16,
     addrs: &[IpAddr],
+    is_local: &dyn Fn(IpAddr) -> bool,
 ) -> Result<SocketAddr, DenyReason> {
     let mut refused = None;
     for ip in addrs.iter().map(|ip| ip.to_canonical()) {
         let addr = SocketAddr::new(ip, port);
-        if is_own_listener(policy, addr) {
+        if is_own_listener(policy, addr, is_local) {
             return Err(DenyReason::ProxyLoop(addr));
         }
         if is_forbidden(ip) && !policy.upstream_nets.iter().any(|n| n.contains(&ip)) {
@@ -190,9 +195,14 @@ pub fn pick_address(
 }
 
 /// [`admit`] and [`pick_address`] in one, for callers that already hold the addresses.
-pub fn decide(policy: &Policy, facts: &Facts, addrs: &[IpAddr]) -> Verdict {
-    let checked =
-        admit(policy, facts).and_then(|()| pick_address(policy, &facts.host, facts.port, addrs));
+pub fn decide(
+    policy: &Policy,
+    facts: &Facts,
+    addrs: &[IpAddr],
+    is_local: &dyn Fn(IpAddr) -> bool,
+) -> Verdict {
+    let checked = admit(policy, facts)
+        .and_then(|()| pick_address(policy, &facts.host, facts.port, addrs, is_local));
     match checked {
         Ok(addr) => Verdict::Allow(Target {
             host: facts.host.clone(),
@@ -202,12 +212,14 @@ pub fn decide(policy: &Policy, facts: &Facts, addrs: &[IpAddr]) -> Verdict {
     }
 }
 
-fn is_own_listener(policy: &Policy, addr: SocketAddr) -> bool {
+fn is_own_listener(policy: &Policy, addr: SocketAddr, is_local: &dyn Fn(IpAddr) -> bool) -> bool {
     policy.own_listeners.iter().any(|l| {
         l.port() == addr.port()
-            && (l.ip() == addr.ip()
+            && (l.ip().to_canonical() == addr.ip()
                 || (l.ip().is_unspecified()
-                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+                    && (addr.ip().is_loopback()
+                        || addr.ip().is_unspecified()
+                        || is_local(addr.ip()))))
     })
 }
 
@@ -398,7 +410,7 @@ mod tests {
         ];
         for a in forbidden {
             assert_eq!(
-                pick_address(&p, &h("x.com"), 443, &[ip(a)]),
+                pick_address(&p, &h("x.com"), 443, &[ip(a)], &|_| false),
                 Err(DenyReason::ForbiddenAddress(
                     h("x.com"),
                     ip(a).to_canonical()
@@ -407,15 +419,24 @@ mod tests {
             );
         }
         for a in ["8.8.8.8", "2606:4700::1111", "10.9.1.1", "::ffff:8.8.4.4"] {
-            assert!(pick_address(&p, &h("x.com"), 443, &[ip(a)]).is_ok(), "{a}");
+            assert!(
+                pick_address(&p, &h("x.com"), 443, &[ip(a)], &|_| false).is_ok(),
+                "{a}"
+            );
         }
         // The first usable address wins; forbidden ones are skipped.
         assert_eq!(
-            pick_address(&p, &h("x.com"), 443, &[ip("127.0.0.1"), ip("8.8.8.8")]),
+            pick_address(
+                &p,
+                &h("x.com"),
+                443,
+                &[ip("127.0.0.1"), ip("8.8.8.8")],
+                &|_| false
+            ),
             Ok("8.8.8.8:443".parse().unwrap())
         );
         assert_eq!(
-            pick_address(&p, &h("x.com"), 443, &[]),
+            pick_address(&p, &h("x.com"), 443, &[], &|_| false),
             Err(DenyReason::NoAddress(h("x.com")))
         );
     }
@@ -425,10 +446,18 @@ mod tests {
         let mut p = policy();
         p.upstream_nets.push("127.0.0.0/8".parse().unwrap());
         assert_eq!(
-            pick_address(&p, &h("x.com"), 3128, &[ip("127.0.0.1")]),
+            pick_address(&p, &h("x.com"), 3128, &[ip("127.0.0.1")], &|_| false),
             Err(DenyReason::ProxyLoop("127.0.0.1:3128".parse().unwrap()))
         );
-        assert!(pick_address(&p, &h("x.com"), 3129, &[ip("127.0.0.1")]).is_ok());
+        assert!(pick_address(&p, &h("x.com"), 3129, &[ip("127.0.0.1")], &|_| false).is_ok());
+        // An all-interfaces listener is reachable on every local address.
+        p.upstream_nets.push("10.200.0.0/16".parse().unwrap());
+        let gateway = |a: IpAddr| a == ip("10.200.0.1");
+        assert_eq!(
+            pick_address(&p, &h("x.com"), 3128, &[ip("10.200.0.1")], &gateway),
+            Err(DenyReason::ProxyLoop("10.200.0.1:3128".parse().unwrap()))
+        );
+        assert!(pick_address(&p, &h("x.com"), 3128, &[ip("10.200.0.2")], &gateway).is_ok());
     }
 
     #[test]
@@ -436,14 +465,14 @@ mod tests {
         let p = policy();
         let f = facts("10.0.0.5", "api.openai.com", 443, Entry::Tls);
         assert_eq!(
-            decide(&p, &f, &[ip("8.8.8.8")]),
+            decide(&p, &f, &[ip("8.8.8.8")], &|_| false),
             Verdict::Allow(Target {
                 host: h("api.openai.com"),
                 addr: "8.8.8.8:443".parse().unwrap()
             })
         );
         assert!(matches!(
-            decide(&p, &f, &[ip("10.0.0.1")]),
+            decide(&p, &f, &[ip("10.0.0.1")], &|_| false),
             Verdict::Deny(DenyReason::ForbiddenAddress(..))
         ));
     }

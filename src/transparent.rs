@@ -26,6 +26,7 @@ use crate::host::{Host, parse_authority};
 use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_denied, serve_tunnel};
 use crate::orig_dst::original_dst;
 use crate::policy::{self, DenyReason, Entry, Facts, Target};
+use crate::resolve::is_local_addr;
 use crate::upstream::Scheme;
 
 /// Plain HTTP on a redirected connection: the request head must arrive in this time.
@@ -140,7 +141,13 @@ async fn approve(app: &App, facts: &Facts, orig: SocketAddr) -> Result<Target, D
     let policy = app.policy.load();
     policy::admit(&policy, facts)?;
     agree(app, facts.client, &facts.host, orig.ip()).await?;
-    let addr = policy::pick_address(&policy, &facts.host, orig.port(), &[orig.ip()])?;
+    let addr = policy::pick_address(
+        &policy,
+        &facts.host,
+        orig.port(),
+        &[orig.ip()],
+        &is_local_addr,
+    )?;
     Ok(Target {
         host: facts.host.clone(),
         addr,

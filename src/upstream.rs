@@ -373,7 +373,12 @@ impl Pool {
 
     /// The per-target connect gate, or `None` for HTTP/1.1-only targets.
     fn gate(&self, key: &Key) -> Option<Arc<tokio::sync::Mutex<()>>> {
-        if self.h1_only.lock().unwrap_or_else(|p| p.into_inner()).contains(key) {
+        if self
+            .h1_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+        {
             return None;
         }
         let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
