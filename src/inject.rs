@@ -8,6 +8,7 @@ use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::host::{DomainPattern, Host};
+use crate::scrub::Needles;
 use crate::secret::Secret;
 
 /// The routing table that ships in the binary; it mirrors the Go original's.
@@ -44,6 +45,8 @@ pub struct Route {
     /// The complete header value, built once and marked sensitive (so HPACK never indexes it
     /// and `Debug` prints `Sensitive`).
     value: HeaderValue,
+    /// What to mask in responses on this route: the secret and its encodings.
+    pub needles: Needles,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -148,14 +151,16 @@ impl Routes {
                 continue;
             };
             let secret = Secret::new(raw);
+            let mut needles = vec![secret.expose().as_bytes().to_vec()];
             let text = match &injector {
                 Injector::Bearer => format!("Bearer {}", secret.expose()),
                 Injector::ApiKey { .. } => secret.expose().to_string(),
-                Injector::Basic { username } => format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{}", secret.expose()))
-                ),
+                Injector::Basic { username } => {
+                    let token = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{}", secret.expose()));
+                    needles.push(token.as_bytes().to_vec());
+                    format!("Basic {token}")
+                }
                 Injector::Gcloud => unreachable!("handled above"),
             };
             // The error must not echo the value: it is a secret.
@@ -171,6 +176,7 @@ impl Routes {
                 domains,
                 header: injector.header(),
                 value,
+                needles: Needles::new(needles),
             });
         }
         Ok(out)
@@ -194,11 +200,6 @@ impl Route {
     pub fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(&self.header);
         headers.insert(self.header.clone(), self.value.clone());
-    }
-
-    /// True when `text` contains this route's secret, for scrubbing echoes.
-    pub fn value_bytes(&self) -> &[u8] {
-        self.value.as_bytes()
     }
 }
 

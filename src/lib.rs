@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod host;
+pub mod scrub;
 pub mod secret;
 
 pub mod audit;

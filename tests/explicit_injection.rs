@@ -450,3 +450,32 @@ async fn request_naming_another_host_inside_the_tunnel_is_misdirected() {
     assert_eq!(response.status().as_u16(), 421);
     assert!(upstream.requests().is_empty(), "{:#?}", upstream.requests());
 }
+
+/// DESIGN.md §3.7: an upstream that echoes the request (here `/echo`, which returns every
+/// header it received) must not hand the real key back to the agent. The upstream got the
+/// real value; the client sees it masked with `*` of the same length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_credential_is_masked_in_the_response() {
+    let (_ca, upstream, builder) = tls_lab().await;
+    let real = fake_secret("openai");
+    let proxy = builder.secret("OPENAI_API_KEY", &real).spawn();
+
+    let res = Curl::new(
+        &proxy,
+        &https_url("api.openai.com", upstream.port(), "/echo"),
+    )
+    .run()
+    .await;
+
+    assert_eq!(res.http_code, 200, "{res:?}");
+    assert_eq!(
+        upstream.single_request().header_values("authorization"),
+        vec![format!("Bearer {real}")]
+    );
+    let body = String::from_utf8_lossy(&res.body).to_string();
+    assert!(!body.contains(&real), "the real key came back: {body}");
+    assert!(
+        body.contains(&format!("Bearer {}", "*".repeat(real.len()))),
+        "expected the masked echo in: {body}"
+    );
+}
