@@ -211,7 +211,8 @@ async fn http_request(
             .ok_or_else(|| ProxyError::BadRequest("a Host header is required".into()))?;
         let (host, _) = parse_authority(raw, Some(orig.port()))
             .map_err(|e| ProxyError::BadRequest(format!("bad Host '{raw}': {e}")))?;
-        let what = format!("http://{}{}", host.with_port(orig.port()), req.uri());
+        // As squid writes it: the URL the client meant, without a default `:80`.
+        let what = format!("http://{}{}", host.authority(orig.port(), 80), req.uri());
         let facts = Facts { client, host, port: orig.port(), entry: Entry::PlainHttp };
         let target = approve(app, &facts, orig)
             .await

@@ -326,14 +326,7 @@ fn authority(target: &Target, scheme: Scheme) -> String {
         Scheme::Https => 443,
         Scheme::Http => 80,
     };
-    if target.port() == default {
-        match target.host.ip() {
-            Some(std::net::IpAddr::V6(_)) => format!("[{}]", target.host),
-            _ => target.host.to_string(),
-        }
-    } else {
-        target.host.with_port(target.port())
-    }
+    target.host.authority(target.port(), default)
 }
 
 impl Pool {

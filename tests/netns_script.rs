@@ -341,19 +341,31 @@ fn control_without_the_nft_table_the_lab_leaks() {
     );
     ns_sh(&agent.name, "ip -6 route add default via fd00:a::1");
 
-    let results = lab.probes(
-        &agent.name,
-        &json!([
-            {"kind": "udp", "host": INET_FAR_V4, "port": 443},
-            {"kind": "tcp", "host": INET_FAR_V4, "port": 8080},
-            {"kind": "icmp", "host": METADATA_V4},
-            {"kind": "udp", "host": INET_V6, "port": 443},
-        ]),
-    );
-    assert_result(&results, 0, "reply");
-    assert_result(&results, 1, "connected");
-    assert_result(&results, 2, "echo-reply");
-    assert_result(&results, 3, "reply");
+    // Leaks must be seen, but a single lost first datagram (neighbour resolution on a
+    // loaded 2-core machine) must not fail the control: up to three rounds.
+    let wanted = ["reply", "connected", "echo-reply", "reply"];
+    let mut results = Vec::new();
+    for _round in 0..3 {
+        results = lab.probes(
+            &agent.name,
+            &json!([
+                {"kind": "udp", "host": INET_FAR_V4, "port": 443},
+                {"kind": "tcp", "host": INET_FAR_V4, "port": 8080},
+                {"kind": "icmp", "host": METADATA_V4},
+                {"kind": "udp", "host": INET_V6, "port": 443},
+            ]),
+        );
+        if wanted
+            .iter()
+            .enumerate()
+            .all(|(i, w)| result(&results[i]) == *w)
+        {
+            break;
+        }
+    }
+    for (i, w) in wanted.iter().enumerate() {
+        assert_result(&results, i, w);
+    }
     let events = tripwires.events();
     for (proto, peer) in [
         ("udp", agent.agent_addr.as_str()),

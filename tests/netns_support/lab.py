@@ -5,9 +5,16 @@ listen: binds the given TCP/UDP ports (and optionally raw ICMP / raw IP
 protocol sockets) and appends one JSON line per thing received to --log, then
 answers with --banner so that a probe can tell who answered. With --orig-dst the
 TCP line carries SO_ORIGINAL_DST, which proves an nft redirect happened. With
---tls CERT KEY the TCP ports speak TLS and answer a minimal HTTP response.
+--tls CERT KEY the TCP ports speak TLS and answer a minimal HTTP response. With
+--http a TCP connection is read as one HTTP/1.1 request (whole head plus a
+Content-Length body) and recorded with its head and, under TLS, the SNI it was
+addressed to: a recording upstream for tests/netns_transparent.rs.
 
-probes: runs a JSON list of probes and prints a JSON list of results. Every
+resolver: a tiny authoritative DNS server (UDP and TCP) that answers A queries
+from --zone NAME=IP, NXDOMAIN for anything else, and records every question:
+the fake upstream resolver behind the proxy's sandbox DNS.
+
+probes: runs a JSON list of probes (tcp, udp, icmp, raw, dns) and prints a JSON list of results. Every
 probe is bounded by PROBE_TIMEOUT_SECONDS so a silent drop shows as "timeout"
 instead of hanging the test.
 
@@ -37,6 +44,17 @@ ICMP_ECHO_REPLY = 0
 ICMP6_ECHO_REQUEST = 128
 ICMP6_ECHO_REPLY = 129
 RAW_PAYLOAD = b"paude-lab-raw"
+# --http: bounds on one recorded request, so a misbehaving peer cannot stall it.
+HTTP_HEAD_LIMIT = 64 * 1024
+HTTP_BODY_LIMIT = 64 * 1024
+HTTP_READ_TIMEOUT_SECONDS = 5.0
+DNS_TYPE_A = 1
+DNS_TYPE_AAAA = 28
+DNS_CLASS_IN = 1
+DNS_RCODE_NXDOMAIN = 3
+DNS_RCODE_NOTIMP = 4
+# TTL the fake resolver puts on its answers.
+RESOLVER_TTL = 60
 
 _log_lock = threading.Lock()
 
@@ -95,6 +113,9 @@ def serve_tcp_conn(conn, peer, port, args, tls_ctx):
             record(args.log, proto="tcp", port=port, local=local, peer=peer[0], orig=orig, tls_error=str(e))
             conn.close()
             return
+    if args.http:
+        serve_http_request(conn, peer, port, local, args)
+        return
     data = b""
     conn.settimeout(LISTEN_READ_TIMEOUT_SECONDS)
     try:
@@ -109,6 +130,56 @@ def serve_tcp_conn(conn, peer, port, args, tls_ctx):
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
         else:
             conn.sendall(f"{args.banner} {orig}\n".encode())
+    except OSError:
+        pass
+    conn.close()
+
+
+def read_http_request(conn):
+    """Returns (head, body) of one request, each bounded; whatever arrived if the
+    peer stops early."""
+    conn.settimeout(HTTP_READ_TIMEOUT_SECONDS)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data and len(data) < HTTP_HEAD_LIMIT:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except (OSError, socket.timeout):
+        return data, b""
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                length = min(int(value.strip()), HTTP_BODY_LIMIT)
+            except ValueError:
+                length = 0
+    try:
+        while len(body) < length:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            body += chunk
+    except (OSError, socket.timeout):
+        pass
+    return head, body
+
+
+def serve_http_request(conn, peer, port, local, args):
+    head, body = read_http_request(conn)
+    request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = request_line.split(" ")
+    path = parts[1] if len(parts) > 1 else ""
+    sni = getattr(conn, "paude_sni", None)
+    record(args.log, proto="tcp", port=port, local=local, peer=peer[0], sni=sni,
+           head=head.decode("latin-1"), body=body.decode("latin-1"))
+    reply = f"{args.banner} local={local} path={path}\n".encode()
+    try:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (len(reply), reply))
     except OSError:
         pass
     conn.close()
@@ -162,6 +233,14 @@ def cmd_listen(args):
     if args.tls:
         tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls_ctx.load_cert_chain(args.tls[0], args.tls[1])
+        if args.http:
+            # One request per connection, HTTP/1.1 only: say so in ALPN.
+            tls_ctx.set_alpn_protocols(["http/1.1"])
+
+            def remember_sni(sslsock, name, _ctx):
+                sslsock.paude_sni = name
+
+            tls_ctx.sni_callback = remember_sni
     threads = []
     for port in args.tcp:
         for s in bind_all(socket.SOCK_STREAM, port):
@@ -302,6 +381,102 @@ def probe_raw(host, proto):
         return {"result": "send-error", "errno": e.errno, "error": str(e)}
 
 
+def dns_encode_name(name):
+    out = b""
+    for label in name.rstrip(".").split("."):
+        raw = label.encode("ascii")
+        out += bytes([len(raw)]) + raw
+    return out + b"\0"
+
+
+def dns_read_name(msg, off):
+    """Returns (name, offset after the name), following compression pointers."""
+    labels = []
+    end = None
+    for _ in range(128):  # bounded: a pointer loop must not hang the test
+        n = msg[off]
+        if n & 0xC0 == 0xC0:
+            if end is None:
+                end = off + 2
+            off = ((n & 0x3F) << 8) | msg[off + 1]
+            continue
+        off += 1
+        if n == 0:
+            break
+        labels.append(msg[off:off + n].decode("latin-1"))
+        off += n
+    return ".".join(labels), (end if end is not None else off)
+
+
+def dns_query(ident, name, qtype):
+    header = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0)  # RD set
+    return header + dns_encode_name(name) + struct.pack("!HH", qtype, DNS_CLASS_IN)
+
+
+def dns_parse_reply(msg):
+    ident, flags, qd, an, _ns, _ar = struct.unpack("!HHHHHH", msg[:12])
+    off = 12
+    for _ in range(qd):
+        _name, off = dns_read_name(msg, off)
+        off += 4
+    answers = []
+    for _ in range(an):
+        name, off = dns_read_name(msg, off)
+        rtype, _rclass, ttl, rdlen = struct.unpack("!HHIH", msg[off:off + 10])
+        off += 10
+        rdata = msg[off:off + rdlen]
+        off += rdlen
+        if rtype == DNS_TYPE_A and rdlen == 4:
+            answers.append({"name": name, "type": "A", "ttl": ttl, "addr": socket.inet_ntoa(rdata)})
+        elif rtype == DNS_TYPE_AAAA and rdlen == 16:
+            answers.append({"name": name, "type": "AAAA", "ttl": ttl,
+                            "addr": socket.inet_ntop(socket.AF_INET6, rdata)})
+        else:
+            answers.append({"name": name, "type": rtype, "ttl": ttl})
+    return {"id": ident, "rcode": flags & 0xF, "answers": answers}
+
+
+def recv_exact(s, n):
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise ConnectionResetError("short DNS/TCP read")
+        data += chunk
+    return data
+
+
+def probe_dns(host, port, name, qtype, tcp):
+    ident = os.getpid() & 0xFFFF
+    query = dns_query(ident, name, qtype)
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+    s = socket.socket(family_of(host), kind)
+    s.settimeout(PROBE_TIMEOUT_SECONDS)
+    try:
+        s.connect((host, port))
+        if tcp:
+            s.sendall(struct.pack("!H", len(query)) + query)
+            length = struct.unpack("!H", recv_exact(s, 2))[0]
+            reply = recv_exact(s, length)
+        else:
+            s.send(query)
+            reply = s.recv(65535)
+    except ConnectionRefusedError:
+        return {"result": "refused"}
+    except socket.timeout:
+        return {"result": "timeout"}
+    except OSError as e:
+        return {"result": "error", "errno": e.errno, "error": str(e)}
+    finally:
+        s.close()
+    try:
+        parsed = dns_parse_reply(reply)
+    except (IndexError, struct.error) as e:
+        return {"result": "malformed", "error": str(e), "reply": reply.decode("latin-1")}
+    parsed["result"] = "reply" if parsed["id"] == ident else "wrong-id"
+    return parsed
+
+
 def run_probe(p):
     kind = p["kind"]
     if kind == "tcp":
@@ -312,7 +487,76 @@ def run_probe(p):
         return probe_icmp(p["host"])
     if kind == "raw":
         return probe_raw(p["host"], p["proto"])
+    if kind == "dns":
+        qtype = DNS_TYPE_AAAA if p.get("qtype") == "AAAA" else DNS_TYPE_A
+        return probe_dns(p["host"], p.get("port", 53), p["name"], qtype, p.get("tcp", False))
     raise ValueError(f"unknown probe kind {kind}")
+
+
+def resolver_answer(query, zone, log, proto, peer):
+    """The reply to one query; records the question first."""
+    ident, _flags, qd, _an, _ns, _ar = struct.unpack("!HHHHHH", query[:12])
+    name, off = dns_read_name(query, 12)
+    qtype, _qclass = struct.unpack("!HH", query[off:off + 4])
+    question = query[12:off + 4]
+    record(log, proto=proto, peer=peer, name=name.lower(), qtype=qtype)
+    addr = zone.get(name.lower().rstrip("."))
+    flags = 0x8400 | 0x0100  # QR, AA, RD echoed
+    answers = b""
+    count = 0
+    if addr is None:
+        flags |= DNS_RCODE_NXDOMAIN
+    elif qd != 1:
+        flags |= DNS_RCODE_NOTIMP
+    elif qtype == DNS_TYPE_A:
+        answers = b"\xc0\x0c" + struct.pack("!HHIH", DNS_TYPE_A, DNS_CLASS_IN, RESOLVER_TTL, 4) + socket.inet_aton(addr)
+        count = 1
+    return struct.pack("!HHHHHH", ident, flags, 1, count, 0, 0) + question + answers
+
+
+def resolver_udp(sock, zone, log):
+    while True:
+        query, peer = sock.recvfrom(4096)
+        try:
+            sock.sendto(resolver_answer(query, zone, log, "udp", peer[0]), peer)
+        except (IndexError, struct.error, UnicodeDecodeError):
+            record(log, proto="udp", peer=peer[0], malformed=query.decode("latin-1"))
+
+
+def resolver_tcp_conn(conn, peer, zone, log):
+    conn.settimeout(LISTEN_READ_TIMEOUT_SECONDS)
+    try:
+        while True:
+            length = struct.unpack("!H", recv_exact(conn, 2))[0]
+            reply = resolver_answer(recv_exact(conn, length), zone, log, "tcp", peer[0])
+            conn.sendall(struct.pack("!H", len(reply)) + reply)
+    except (OSError, IndexError, struct.error, UnicodeDecodeError):
+        pass
+    conn.close()
+
+
+def resolver_tcp(sock, zone, log):
+    while True:
+        conn, peer = sock.accept()
+        threading.Thread(target=resolver_tcp_conn, args=(conn, peer, zone, log), daemon=True).start()
+
+
+def cmd_resolver(args):
+    zone = {}
+    for entry in args.zone:
+        name, _, addr = entry.partition("=")
+        zone[name.lower().rstrip(".")] = addr
+    threads = []
+    for s in bind_all(socket.SOCK_DGRAM, args.port):
+        threads.append(threading.Thread(target=resolver_udp, args=(s, zone, args.log), daemon=True))
+    for s in bind_all(socket.SOCK_STREAM, args.port):
+        threads.append(threading.Thread(target=resolver_tcp, args=(s, zone, args.log), daemon=True))
+    for t in threads:
+        t.start()
+    with open(args.ready, "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+    while True:
+        time.sleep(3600)
 
 
 def cmd_probes(args):
@@ -339,11 +583,19 @@ def main():
     listen.add_argument("--raw-proto", type=int, action="append", default=[])
     listen.add_argument("--orig-dst", action="store_true")
     listen.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+    listen.add_argument("--http", action="store_true")
+    resolver = sub.add_parser("resolver")
+    resolver.add_argument("--log", required=True)
+    resolver.add_argument("--ready", required=True)
+    resolver.add_argument("--port", type=int, required=True)
+    resolver.add_argument("--zone", action="append", default=[], metavar="NAME=IP")
     probes = sub.add_parser("probes")
     probes.add_argument("spec")
     args = parser.parse_args()
     if args.cmd == "listen":
         cmd_listen(args)
+    elif args.cmd == "resolver":
+        cmd_resolver(args)
     else:
         cmd_probes(args)
 

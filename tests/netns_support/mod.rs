@@ -16,6 +16,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod gateway;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -444,6 +446,24 @@ impl Lab {
 
     /// Starts `lab.py listen` in namespace NS and waits until it is bound.
     pub fn listen(&mut self, ns: &str, label: &str, args: &[&str]) -> Listener {
+        self.start_lab_py(ns, label, "listen", args)
+    }
+
+    /// Keeps CHILD (a process the test started) until the lab is dropped,
+    /// then kills it before the namespaces go.
+    pub fn adopt(&mut self, child: Child) {
+        self.children.push(child);
+    }
+
+    /// Starts `lab.py SUBCOMMAND --log .. --ready .. ARGS` in namespace NS
+    /// and waits until it reports that it is bound.
+    pub fn start_lab_py(
+        &mut self,
+        ns: &str,
+        label: &str,
+        subcommand: &str,
+        args: &[&str],
+    ) -> Listener {
         let log = self.dir.path().join(format!("{label}.log"));
         let ready = self.dir.path().join(format!("{label}.ready"));
         let stderr =
@@ -451,7 +471,7 @@ impl Lab {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns, python()])
             .arg(lab_py())
-            .arg("listen")
+            .arg(subcommand)
             .arg("--log")
             .arg(&log)
             .arg("--ready")
@@ -671,6 +691,7 @@ impl Drop for Lab {
             let _ = cmd("ip", &["netns", "del", ns])
                 .stderr(Stdio::null())
                 .status();
+            let _ = fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
     }
 }
@@ -689,6 +710,12 @@ pub struct TestPki {
 
 /// A CA plus a leaf for HOST signed by it.
 pub fn test_pki(host: &str) -> TestPki {
+    test_pki_for(&[host])
+}
+
+/// A CA plus one leaf signed by it for every name in NAMES (IP literals
+/// become IP address SANs).
+pub fn test_pki_for(names: &[&str]) -> TestPki {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -702,10 +729,11 @@ pub fn test_pki(host: &str) -> TestPki {
     let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().expect("leaf key");
-    let mut leaf_params = CertificateParams::new(vec![host.to_string()]).expect("leaf params");
+    let sans: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut leaf_params = CertificateParams::new(sans).expect("leaf params");
     leaf_params
         .distinguished_name
-        .push(DnType::CommonName, host);
+        .push(DnType::CommonName, names.first().copied().unwrap_or("leaf"));
     let leaf = leaf_params
         .signed_by(&leaf_key, &issuer)
         .expect("leaf cert");
