@@ -124,10 +124,7 @@ impl Upstream {
             target: target.clone(),
         };
         let mut conn = self.acquire(&key).await?;
-        let upstream_err = |e: hyper::Error| ProxyError::UpstreamHttp {
-            host: target.host.to_string(),
-            detail: crate::error::chain(&e),
-        };
+        let upstream_err = |e: hyper::Error| ProxyError::upstream_http(&target.host, &e);
         let resp = match &mut conn {
             Conn::H1(sender) => {
                 to_h1(&mut req, target, scheme);
@@ -212,10 +209,7 @@ impl Upstream {
         sender
             .send_request(req)
             .await
-            .map_err(|e| ProxyError::UpstreamHttp {
-                host: target.host.to_string(),
-                detail: crate::error::chain(&e),
-            })
+            .map_err(|e| ProxyError::upstream_http(&target.host, &e))
     }
 
     async fn connect(&self, key: &Key, tls: &TlsConnector) -> Result<Conn, ProxyError> {
@@ -270,14 +264,10 @@ async fn h1<IO>(io: IO, host: &str) -> Result<Conn, ProxyError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) =
-        http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| ProxyError::UpstreamHttp {
-                host: host.to_string(),
-                detail: crate::error::chain(&e),
-            })?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| ProxyError::upstream_http(&host, &e))?;
     let host = host.to_string();
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
