@@ -87,6 +87,17 @@ impl CertAuthority {
         Self::from_pem(&cert_pem, &key_pem, &cert_path, &key_path)
     }
 
+    /// Validates an existing CA without creating anything (`--check-config`). Returns
+    /// `false` when there is none yet and one would be created.
+    pub fn check(dir: &Path) -> Result<bool, CaError> {
+        let cert_path = dir.join(CA_CERT_FILE);
+        let key_path = dir.join(CA_KEY_FILE);
+        match (cert_path.exists(), key_path.exists()) {
+            (false, false) => Ok(false),
+            _ => Self::load_or_create(dir).map(|_| true),
+        }
+    }
+
     fn from_pem(
         cert_pem: &[u8],
         key_pem: &str,

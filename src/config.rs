@@ -33,6 +33,20 @@ pub struct Args {
     #[arg(long, env = "PAUDE_PROXY_LISTEN", default_value = ":3128")]
     pub listen: String,
 
+    /// Transparent listener for nftables-redirected TCP, TLS or plain HTTP (detected),
+    /// e.g. `:3129` [default: off].
+    #[arg(long, env = "PAUDE_PROXY_TRANSPARENT_LISTEN")]
+    pub transparent_listen: Option<String>,
+
+    /// Sandbox DNS server, UDP and TCP, e.g. `:3153` [default: off].
+    #[arg(long, env = "PAUDE_PROXY_DNS_LISTEN")]
+    pub dns_listen: Option<String>,
+
+    /// Resolvers the sandbox DNS server asks, `ip[:port]`, comma-separated
+    /// [default: /etc/resolv.conf, after /etc/hosts].
+    #[arg(long, env = "PAUDE_PROXY_DNS_UPSTREAM")]
+    pub dns_upstream: Option<String>,
+
     /// Directory holding ca.crt (0644) and ca.key (0600); created and reused across restarts
     /// [default: /data/ca, or ./paude-proxy-ca when /data/ca is not writable].
     #[arg(long, env = "PAUDE_PROXY_CA_DIR")]
@@ -135,6 +149,11 @@ pub enum ListenAddr {
 
 pub struct Config {
     pub listen: ListenAddr,
+    pub transparent_listen: Option<ListenAddr>,
+    pub dns_listen: Option<ListenAddr>,
+    /// Empty: the system resolver configuration.
+    pub dns_upstream: Vec<SocketAddr>,
+    pub hosts_file: Option<PathBuf>,
     /// `None`: the default, with the fallback for a non-writable `/data/ca`.
     pub ca_dir: Option<PathBuf>,
     pub verbose: bool,
@@ -155,6 +174,26 @@ impl Config {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let listen = parse_listen("PAUDE_PROXY_LISTEN", &args.listen)?;
+        let optional = |var, raw: &Option<String>| match raw.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(r) => parse_listen(var, r).map(Some),
+        };
+        let transparent_listen =
+            optional("PAUDE_PROXY_TRANSPARENT_LISTEN", &args.transparent_listen)?;
+        let dns_listen = optional("PAUDE_PROXY_DNS_LISTEN", &args.dns_listen)?;
+        let dns_upstream = split_list(args.dns_upstream.as_deref().unwrap_or(""))
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| {
+                        bad(
+                            "PAUDE_PROXY_DNS_UPSTREAM",
+                            args.dns_upstream.clone().unwrap_or_default(),
+                            format!("'{s}' is not ip or ip:port"),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let verbose = parse_bool("PAUDE_PROXY_VERBOSE", &args.verbose)?;
         let (client_nets, client_names) = parse_clients(&args.allowed_clients)?;
         let domains = match args.allowed_domains.trim() {
@@ -214,6 +253,10 @@ impl Config {
         };
         Ok(Config {
             listen,
+            transparent_listen,
+            dns_listen,
+            dns_upstream,
+            hosts_file: args.hosts_file.clone(),
             ca_dir: args.ca_dir,
             verbose,
             policy: Policy {
@@ -416,6 +459,21 @@ mod tests {
                 "CIDR",
             ),
             (&["--listen", "3128"], "PAUDE_PROXY_LISTEN", "expected"),
+            (
+                &["--transparent-listen", "x:1"],
+                "PAUDE_PROXY_TRANSPARENT_LISTEN",
+                "expected",
+            ),
+            (
+                &["--dns-listen", ":99999"],
+                "PAUDE_PROXY_DNS_LISTEN",
+                "expected",
+            ),
+            (
+                &["--dns-upstream", "1.2.3"],
+                "PAUDE_PROXY_DNS_UPSTREAM",
+                "ip:port",
+            ),
             (&["--verbose", "maybe"], "PAUDE_PROXY_VERBOSE", "expected"),
             (
                 &["--credentials-config", "/nonexistent/c.json"],

@@ -17,10 +17,12 @@ use tokio::net::TcpStream;
 use crate::App;
 use crate::body::{self, Body};
 use crate::error::ProxyError;
+use crate::framing::{FramingCheck, Watched};
 use crate::headers;
 use crate::host::{Host, parse_authority};
 use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_tunnel};
 use crate::policy::{self, Entry, Facts, Target};
+use crate::resolve::is_local_addr;
 use crate::upstream::Scheme;
 
 /// The first request head (CONNECT line or absolute-URI request) must arrive in this time.
@@ -29,15 +31,24 @@ const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let client = peer.ip().to_canonical();
+    let framing = Arc::new(FramingCheck::default());
+    let io = Watched::new(stream, framing.clone());
     let service = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(proxy_request(app, client, req).await) }
+        let framing = framing.clone();
+        async move {
+            let resp = match framing.next_request() {
+                Ok(()) => proxy_request(app, client, req).await,
+                Err(e) => e.into_response(),
+            };
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(%client, "client connection ended: {e}");
@@ -124,7 +135,7 @@ async fn approve(app: &App, facts: Facts, method: &str, what: &str) -> Result<Ta
         return Err(app.deny(facts.client, method, what, reason));
     }
     let addrs = app.resolver.lookup(&facts.host).await?;
-    match policy::pick_address(&policy, &facts.host, facts.port, &addrs) {
+    match policy::pick_address(&policy, &facts.host, facts.port, &addrs, &is_local_addr) {
         Ok(addr) => Ok(Target {
             host: facts.host,
             addr,
@@ -145,7 +156,7 @@ async fn connect(
         client,
         host,
         port,
-        entry: Entry::Connect,
+        entry: Entry::Tls,
     };
     let target = approve(app, facts, "CONNECT", &what).await?;
     let route = app.routes.find(&target.host).cloned();

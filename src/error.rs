@@ -132,20 +132,18 @@ pub fn io_chain(e: &io::Error) -> String {
     }
 }
 
-impl From<DenyReason> for ProxyError {
-    fn from(r: DenyReason) -> Self {
-        ProxyError::Denied(r)
+impl ProxyError {
+    /// The upstream's HTTP layer failed (reset, framing, protocol error).
+    pub fn upstream_http(host: &impl fmt::Display, e: &hyper::Error) -> ProxyError {
+        ProxyError::UpstreamHttp {
+            host: host.to_string(),
+            detail: chain(e),
+        }
     }
 }
 
-/// Display helper for `Option<T>` in log fields.
-pub struct OrDash<T>(pub Option<T>);
-
-impl<T: fmt::Display> fmt::Display for OrDash<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Some(v) => v.fmt(f),
-            None => f.write_str("-"),
-        }
+impl From<DenyReason> for ProxyError {
+    fn from(r: DenyReason) -> Self {
+        ProxyError::Denied(r)
     }
 }

@@ -71,9 +71,9 @@ pub async fn forward(
         headers::strip_hop_by_hop(resp.headers_mut());
         return Ok(resp);
     }
-    match route {
+    let needles = match route {
         Some(route) => {
-            route.inject(&mut parts.headers).await?;
+            let needles = route.inject(&mut parts.headers).await?;
             tracing::info!(
                 host = %target.host,
                 method = %parts.method,
@@ -81,21 +81,30 @@ pub async fn forward(
                 credential = %route.env_var,
                 "injected"
             );
+            Some(needles)
         }
         None => {
-            tracing::debug!(host = %target.host, method = %parts.method, path = parts.uri.path(), "forwarding")
+            tracing::debug!(host = %target.host, method = %parts.method, path = parts.uri.path(), "forwarding");
+            None
         }
-    }
+    };
     let req = Request::from_parts(parts, body::stream(incoming));
     let Some(client_upgrade) = client_upgrade else {
         let mut resp = app.upstream.send(scheme, target, req).await?;
         headers::strip_hop_by_hop(resp.headers_mut());
-        return Ok(resp);
+        return Ok(match &needles {
+            Some(n) => scrub(n, resp),
+            None => resp,
+        });
     };
     let mut resp = app.upstream.send_upgrade(scheme, target, req).await?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(resp.headers_mut());
-        return Ok(resp.map(body::stream));
+        let resp = resp.map(body::stream);
+        return Ok(match &needles {
+            Some(n) => scrub(n, resp),
+            None => resp,
+        });
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let host = target.host.clone();
@@ -113,6 +122,14 @@ pub async fn forward(
     });
     // The 101 keeps its Connection/Upgrade headers: they are the handshake.
     Ok(resp.map(|_| body::empty()))
+}
+
+/// Masks the route's credential wherever the upstream echoes it back (DESIGN.md §3.7).
+/// WebSocket frames after a `101` are relayed as they are.
+pub(crate) fn scrub(needles: &crate::scrub::Needles, resp: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    needles.scrub_headers(&mut parts.headers);
+    Response::from_parts(parts, needles.scrub_body(body))
 }
 
 /// An HTTP/1.1 WebSocket handshake (RFC 6455 §4.1).

@@ -99,6 +99,16 @@ impl Host {
         }
     }
 
+    /// `host` when `port` is the scheme's default, `host:port` otherwise (brackets for IPv6),
+    /// as URLs and `Host` headers write it.
+    pub fn authority(&self, port: u16, default_port: u16) -> String {
+        match (port == default_port, self.ip()) {
+            (false, _) => self.with_port(port),
+            (true, Some(IpAddr::V6(_))) => format!("[{}]", self.0),
+            (true, _) => self.0.to_string(),
+        }
+    }
+
     /// `self` equals `suffix` or is a subdomain of it (label boundary, so
     /// `evil-openai.com` is not under `openai.com`).
     pub fn is_within(&self, suffix: &Host) -> bool {
@@ -243,6 +253,9 @@ mod tests {
         assert_eq!(h("[::1]").as_str(), "::1");
         assert_eq!(h("::ffff:10.0.0.1").as_str(), "10.0.0.1");
         assert_eq!(h("::1").with_port(443), "[::1]:443");
+        assert_eq!(h("::1").authority(443, 443), "[::1]");
+        assert_eq!(h("a.com").authority(80, 80), "a.com");
+        assert_eq!(h("a.com").authority(8080, 80), "a.com:8080");
     }
 
     #[test]

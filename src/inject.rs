@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::error::ProxyError;
 use crate::gcloud::GcloudCredential;
 use crate::host::{DomainPattern, Host};
+use crate::scrub::Needles;
 use crate::secret::Secret;
 
 /// The routing table that ships in the binary; it mirrors the Go original's.
@@ -46,6 +47,9 @@ pub struct Route {
     /// The header this route owns.
     pub header: HeaderName,
     credential: Credential,
+    /// What to mask in responses on this route: the secret and its encodings. Empty on a
+    /// gcloud route, whose token changes: [`Route::inject`] returns that request's needles.
+    pub needles: Needles,
 }
 
 /// Where a route's header value comes from.
@@ -162,6 +166,7 @@ impl Routes {
                         domains,
                         header: AUTHORIZATION,
                         credential: Credential::Gcloud(credential),
+                        needles: Needles::new(Vec::new()),
                     });
                 }
                 continue;
@@ -170,14 +175,16 @@ impl Routes {
                 continue;
             };
             let secret = Secret::new(raw);
+            let mut needles = vec![secret.expose().as_bytes().to_vec()];
             let text = match &injector {
                 Injector::Bearer => format!("Bearer {}", secret.expose()),
                 Injector::ApiKey { .. } => secret.expose().to_string(),
-                Injector::Basic { username } => format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{}", secret.expose()))
-                ),
+                Injector::Basic { username } => {
+                    let token = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{}", secret.expose()));
+                    needles.push(token.as_bytes().to_vec());
+                    format!("Basic {token}")
+                }
                 Injector::Gcloud => unreachable!("handled above"),
             };
             // The error must not echo the value: it is a secret.
@@ -193,6 +200,7 @@ impl Routes {
                 domains,
                 header: injector.header(),
                 credential: Credential::Static(value),
+                needles: Needles::new(needles),
             });
         }
         Ok(out)
@@ -229,24 +237,26 @@ impl Route {
     }
 
     /// [`Route::apply`] for every kind of route: a gcloud route gets a current access token
-    /// (fetched if needed). No token means a 502 that says why.
-    pub async fn inject(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
-        let value = match &self.credential {
-            Credential::Static(value) => value.clone(),
+    /// (fetched if needed). Returns what to scrub from this request's response. No token
+    /// means a 502 that says why.
+    pub async fn inject(&self, headers: &mut HeaderMap) -> Result<Needles, ProxyError> {
+        let (value, needles) = match &self.credential {
+            Credential::Static(value) => (value.clone(), self.needles.clone()),
             Credential::Gcloud(g) => {
-                g.tokens
+                let bearer = g
+                    .tokens
                     .token()
                     .await
                     .map_err(|detail| ProxyError::NoToken {
                         credential: self.env_var.clone(),
                         detail,
-                    })?
-                    .value
+                    })?;
+                (bearer.value, bearer.needles)
             }
         };
         headers.remove(&self.header);
         headers.insert(self.header.clone(), value);
-        Ok(())
+        Ok(needles)
     }
 
     /// The route's Google credential, when it is a gcloud route.
@@ -254,15 +264,6 @@ impl Route {
         match &self.credential {
             Credential::Gcloud(g) => Some(g),
             Credential::Static(_) => None,
-        }
-    }
-
-    /// The secret header value, for scrubbing echoes; `None` for a gcloud route, whose
-    /// value changes with every refresh.
-    pub fn value_bytes(&self) -> Option<&[u8]> {
-        match &self.credential {
-            Credential::Static(value) => Some(value.as_bytes()),
-            Credential::Gcloud(_) => None,
         }
     }
 }

@@ -12,8 +12,15 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use tokio_rustls::server::TlsStream;
+
 use crate::App;
-use crate::error::io_chain;
+use crate::body::Body;
+use crate::error::{ProxyError, io_chain, text_response};
+use crate::framing::{FramingCheck, Watched};
+use crate::host::Host;
 use crate::inject::Route;
 use crate::policy::Target;
 
@@ -38,36 +45,88 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let host = tunnel.target.host.clone();
-    let config = match app.ca.server_config(&host) {
+    let Some(tls) = accept(&app, io, &host).await else {
+        return;
+    };
+    let tunnel = Arc::new(tunnel);
+    let framing = Arc::new(FramingCheck::default());
+    let io = Watched::new(tls, framing.clone());
+    let service = service_fn(move |req: Request<Incoming>| {
+        let app = app.clone();
+        let tunnel = tunnel.clone();
+        let framing = framing.clone();
+        async move {
+            if req.version() < Version::HTTP_2
+                && let Err(e) = framing.next_request()
+            {
+                return Ok::<_, Infallible>(e.into_response());
+            }
+            Ok(crate::handle::tunnel_request(&app, &tunnel, req).await)
+        }
+    });
+    serve_http(io, service, &host).await;
+}
+
+/// Completes the client's handshake only to answer every request with `err` (a 403 with
+/// its reason): used where a refusal happens before there is any HTTP to answer, in
+/// transparent mode. Nothing goes upstream.
+pub async fn serve_denied<IO>(app: Arc<App>, io: IO, host: Host, err: ProxyError)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = accept(&app, io, &host).await else {
+        return;
+    };
+    let (status, text) = (err.status(), format!("paude-proxy: {err}\n"));
+    let service = service_fn(move |_req| {
+        let mut resp = text_response(status, text.clone());
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    serve_http(tls, service, &host).await;
+}
+
+async fn accept<IO>(app: &App, io: IO, host: &Host) -> Option<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = match app.ca.server_config(host) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(%host, "cannot mint a certificate: {e}");
-            return;
+            return None;
         }
     };
-    let tls = match tokio::time::timeout(CLIENT_TLS_TIMEOUT, TlsAcceptor::from(config).accept(io))
-        .await
-    {
-        Ok(Ok(tls)) => tls,
+    match tokio::time::timeout(CLIENT_TLS_TIMEOUT, TlsAcceptor::from(config).accept(io)).await {
+        Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
             tracing::info!(
                 %host,
                 "client TLS handshake failed (does the client trust the proxy CA?): {}",
                 io_chain(&e)
             );
-            return;
+            None
         }
         Err(_) => {
             tracing::info!(%host, "client TLS handshake timed out after {CLIENT_TLS_TIMEOUT:?}");
-            return;
+            None
         }
-    };
-    let tunnel = Arc::new(tunnel);
-    let service = service_fn(move |req| {
-        let app = app.clone();
-        let tunnel = tunnel.clone();
-        async move { Ok::<_, Infallible>(crate::handle::tunnel_request(&app, &tunnel, req).await) }
-    });
+    }
+}
+
+/// h2 or HTTP/1.1, whichever the client speaks (ALPN or prior knowledge).
+async fn serve_http<IO, S>(io: IO, service: S, host: &Host)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -80,7 +139,7 @@ where
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(MAX_H2_STREAMS);
     if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await
     {
         tracing::debug!(%host, "tunnel connection ended: {e}");

@@ -5,18 +5,24 @@
 
 pub mod config;
 pub mod host;
+pub mod scrub;
 pub mod secret;
 
 pub mod audit;
 pub mod ca;
+pub mod client_hello;
 pub mod connect;
+pub mod dns;
+pub mod framing;
 pub mod handle;
 pub mod headers;
 pub mod inject;
 pub mod intercept;
 pub mod listen;
+pub mod orig_dst;
 pub mod policy;
 pub mod resolve;
+pub mod transparent;
 pub mod upstream;
 
 pub mod body;
@@ -40,6 +46,8 @@ pub use crate::listen::run;
 /// Shared state of a running proxy. The policy is swapped whole (never edited in place) when
 /// the client list's DNS names re-resolve.
 pub struct App {
+    /// What the sandbox DNS told each client: evidence for the SNI ↔ IP check.
+    pub answers: std::sync::Arc<crate::dns::AnswerRecord>,
     pub policy: ArcSwap<Policy>,
     pub routes: Routes,
     pub ca: CertAuthority,
@@ -56,4 +64,3 @@ impl App {
         ProxyError::Denied(reason)
     }
 }
-pub mod orig_dst;

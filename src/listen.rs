@@ -8,28 +8,33 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::App;
 use crate::audit::BlockedLog;
 use crate::ca::CertAuthority;
 use crate::config::{Config, ConfigError, DEFAULT_CA_DIR, FALLBACK_CA_DIR, ListenAddr};
+use crate::dns::{AnswerRecord, DnsConfig, DnsServer, NamePolicy, Upstream as DnsUpstream};
 use crate::host::Host;
-use crate::policy::Policy;
+use crate::policy::{self, Policy};
 use crate::resolve::Resolver;
 use crate::upstream::{Upstream, root_store};
 
 /// DNS names in PAUDE_PROXY_ALLOWED_CLIENTS are re-resolved this often, for pods whose
 /// addresses change.
 const CLIENT_NAMES_REFRESH: Duration = Duration::from_secs(30);
+/// How often idle upstream connections past their limit are closed.
+const POOL_REAP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error("cannot listen on {addr} (PAUDE_PROXY_LISTEN): {source}")]
+    #[error("cannot listen on {addr} ({var}): {source}")]
     Bind {
+        var: &'static str,
         addr: String,
         source: std::io::Error,
     },
@@ -40,17 +45,21 @@ pub struct Prepared {
     pub app: Arc<App>,
     pub ca_dir: PathBuf,
     client_names: Vec<Host>,
-    listen: ListenAddr,
+    listeners: Listeners,
 }
 
-/// Loads the CA, opens the blocked log, builds the upstream trust store.
+struct Listeners {
+    explicit: ListenAddr,
+    transparent: Option<ListenAddr>,
+    dns: Option<ListenAddr>,
+    dns_config: Option<DnsConfig>,
+}
+
+/// Loads the CA, opens the blocked log, builds the upstream trust store. The blocked log
+/// is checked first so that an invalid configuration never leaves a new CA behind.
 pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
+    let blocked = open_blocked_log(&config)?;
     let (ca, ca_dir) = load_ca(config.ca_dir.as_deref())?;
-    let blocked = BlockedLog::open(&config.blocked_log_path).map_err(|e| ConfigError {
-        var: "BLOCKED_LOG_PATH",
-        value: config.blocked_log_path.display().to_string(),
-        problem: format!("cannot open for appending: {e}"),
-    })?;
     let (roots, excluded, warnings) = root_store(&config.upstream_ca, ca.ca_spki());
     for w in warnings {
         tracing::warn!("upstream trust: {w}");
@@ -72,7 +81,26 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
     for r in config.routes.iter() {
         tracing::info!(credential = %r.env_var, header = %r.header, "credential route loaded");
     }
+    let dns_config = DnsConfig {
+        upstream: match config.dns_upstream.as_slice() {
+            [] => DnsUpstream::System,
+            servers => DnsUpstream::Servers(servers.to_vec()),
+        },
+        hosts_file: config.hosts_file.clone(),
+        ..DnsConfig::default()
+    };
+    let answers = Arc::new(AnswerRecord::new(
+        dns_config.record_capacity,
+        dns_config.grace,
+    ));
+    let listeners = Listeners {
+        explicit: config.listen,
+        transparent: config.transparent_listen,
+        dns: config.dns_listen.clone(),
+        dns_config: config.dns_listen.map(|_| dns_config),
+    };
     let app = App {
+        answers,
         policy: ArcSwap::from_pointee(config.policy),
         routes: config.routes,
         ca,
@@ -84,8 +112,45 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         app: Arc::new(app),
         ca_dir,
         client_names: config.client_names,
-        listen: config.listen,
+        listeners,
     })
+}
+
+fn open_blocked_log(config: &Config) -> Result<BlockedLog, ConfigError> {
+    BlockedLog::open(&config.blocked_log_path).map_err(|e| ConfigError {
+        var: "BLOCKED_LOG_PATH",
+        value: config.blocked_log_path.display().to_string(),
+        problem: format!("cannot open for appending: {e}"),
+    })
+}
+
+/// `--check-config`: everything `prepare` validates, without creating a CA.
+pub fn check(config: &Config) -> Result<String, ConfigError> {
+    open_blocked_log(config)?;
+    let dir = config
+        .ca_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CA_DIR));
+    let exists = CertAuthority::check(&dir).map_err(|e| ConfigError {
+        var: "PAUDE_PROXY_CA_DIR",
+        value: dir.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let routes: Vec<&str> = config.routes.iter().map(|r| r.env_var.as_str()).collect();
+    Ok(format!(
+        "configuration OK: CA {} {}; credentials available: {}",
+        if exists {
+            "valid in"
+        } else {
+            "will be created in"
+        },
+        dir.display(),
+        if routes.is_empty() {
+            "none".to_string()
+        } else {
+            routes.join(", ")
+        }
+    ))
 }
 
 fn load_ca(dir: Option<&Path>) -> Result<(CertAuthority, PathBuf), ConfigError> {
@@ -118,28 +183,82 @@ fn load_ca(dir: Option<&Path>) -> Result<(CertAuthority, PathBuf), ConfigError> 
     }
 }
 
-async fn bind(listen: &ListenAddr) -> Result<TcpListener, StartupError> {
-    let bind_err = |addr: String, source| StartupError::Bind { addr, source };
+fn all_interfaces(port: u16) -> [SocketAddr; 2] {
+    [
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port),
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+    ]
+}
+
+/// `:port` means every interface: dual-stack where the host has IPv6, else IPv4.
+fn candidates(listen: &ListenAddr) -> Vec<SocketAddr> {
     match listen {
-        ListenAddr::Addr(a) => TcpListener::bind(a)
-            .await
-            .map_err(|e| bind_err(a.to_string(), e)),
-        // `:port` means every interface: dual-stack where the host has IPv6, else IPv4.
-        ListenAddr::AllInterfaces(port) => {
-            match TcpListener::bind(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), *port)).await
-            {
-                Ok(l) => Ok(l),
-                Err(_) => {
-                    TcpListener::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), *port))
-                        .await
-                        .map_err(|e| bind_err(format!(":{port}"), e))
-                }
-            }
-        }
+        ListenAddr::Addr(a) => vec![*a],
+        ListenAddr::AllInterfaces(port) => all_interfaces(*port).to_vec(),
     }
 }
 
-/// Binds, serves until `shutdown` resolves, then stops accepting.
+async fn bind_tcp(listen: &ListenAddr, var: &'static str) -> Result<TcpListener, StartupError> {
+    let mut last = None;
+    for addr in candidates(listen) {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    let (addr, source) = last.unwrap_or_else(|| {
+        (
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            std::io::ErrorKind::AddrNotAvailable.into(),
+        )
+    });
+    Err(StartupError::Bind {
+        var,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// UDP and TCP on the same address and port (port 0: the TCP socket takes the port UDP got).
+async fn bind_dns(listen: &ListenAddr) -> Result<(UdpSocket, TcpListener), StartupError> {
+    const VAR: &str = "PAUDE_PROXY_DNS_LISTEN";
+    let mut last = None;
+    for addr in candidates(listen) {
+        let udp = match UdpSocket::bind(addr).await {
+            Ok(u) => u,
+            Err(e) => {
+                last = Some((addr, e));
+                continue;
+            }
+        };
+        let bound = udp.local_addr().unwrap_or(addr);
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last = Some((bound, e)),
+        }
+    }
+    let (addr, source) = last.unwrap_or_else(|| {
+        (
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            std::io::ErrorKind::AddrNotAvailable.into(),
+        )
+    });
+    Err(StartupError::Bind {
+        var: VAR,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn local(l: &TcpListener, var: &'static str) -> Result<SocketAddr, StartupError> {
+    l.local_addr().map_err(|source| StartupError::Bind {
+        var,
+        addr: "?".into(),
+        source,
+    })
+}
+
+/// Binds every configured listener, serves until `shutdown` resolves, then stops accepting.
 pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
@@ -148,14 +267,25 @@ pub async fn run(
         app,
         ca_dir,
         client_names,
-        listen,
+        listeners,
     } = prepared;
-    let listener = bind(&listen).await?;
-    let local = listener.local_addr().map_err(|e| StartupError::Bind {
-        addr: format!("{listen:?}"),
-        source: e,
-    })?;
-    update_policy(&app, |p| p.own_listeners.push(local));
+    let explicit = bind_tcp(&listeners.explicit, "PAUDE_PROXY_LISTEN").await?;
+    let transparent = match &listeners.transparent {
+        Some(l) => Some(bind_tcp(l, "PAUDE_PROXY_TRANSPARENT_LISTEN").await?),
+        None => None,
+    };
+    let dns = match &listeners.dns {
+        Some(l) => Some(bind_dns(l).await?),
+        None => None,
+    };
+    let mut own = vec![local(&explicit, "PAUDE_PROXY_LISTEN")?];
+    if let Some(t) = &transparent {
+        own.push(local(t, "PAUDE_PROXY_TRANSPARENT_LISTEN")?);
+    }
+    if let Some((_, tcp)) = &dns {
+        own.push(local(tcp, "PAUDE_PROXY_DNS_LISTEN")?);
+    }
+    update_policy(&app, |p| p.own_listeners.extend(own.iter().copied()));
     if !client_names.is_empty() {
         refresh_client_names(&app, &client_names, &[]).await;
         tokio::spawn(client_names_loop(app.clone(), client_names));
@@ -164,16 +294,78 @@ pub async fn run(
         "CA certificate for clients: {}",
         ca_dir.join("ca.crt").display()
     );
-    // Tests and scripts read the port from this exact line.
-    tracing::info!("listening role=explicit addr={local}");
-    tokio::pin!(shutdown);
+
+    let reaper = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POOL_REAP_INTERVAL);
+        loop {
+            tick.tick().await;
+            reaper.upstream.reap_idle();
+        }
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    // Tests and scripts read the ports from these exact lines.
+    tracing::info!("listening role=explicit addr={}", own[0]);
+    tasks.spawn(accept_loop(explicit, stop_rx.clone(), {
+        let app = app.clone();
+        move |stream, peer, _local| crate::connect::serve_client(app.clone(), stream, peer)
+    }));
+    if let Some(t) = transparent {
+        let addr = local(&t, "PAUDE_PROXY_TRANSPARENT_LISTEN")?;
+        tracing::info!("listening role=transparent addr={addr}");
+        let app = app.clone();
+        tasks.spawn(accept_loop(
+            t,
+            stop_rx.clone(),
+            move |stream, peer, local| {
+                crate::transparent::serve_redirected(app.clone(), stream, peer, local)
+            },
+        ));
+    }
+    if let (Some((udp, tcp)), Some(dns_cfg)) = (dns, listeners.dns_config) {
+        let addr = local(&tcp, "PAUDE_PROXY_DNS_LISTEN")?;
+        let names: Arc<dyn NamePolicy> = Arc::new(SandboxNames(app.clone()));
+        let server = DnsServer::new(dns_cfg, names, app.answers.clone()).map_err(|e| {
+            StartupError::Config(ConfigError {
+                var: "PAUDE_PROXY_DNS_UPSTREAM",
+                value: String::new(),
+                problem: e.to_string(),
+            })
+        })?;
+        tracing::info!("listening role=dns addr={addr}");
+        let mut stop = stop_rx.clone();
+        tasks.spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = server.serve(udp, tcp, stopped).await {
+                tracing::error!("DNS server stopped: {e}");
+            }
+        });
+    }
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let local = listener.local_addr().ok();
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            // The guard `wait_for` returns is not Send; drop it inside the branch future.
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let local = stream.local_addr().ok().or(local).unwrap_or(peer);
                     let span = tracing::info_span!("conn", client = %peer);
-                    tokio::spawn(crate::connect::serve_client(app.clone(), stream, peer).instrument(span));
+                    tokio::spawn(serve(stream, peer, local).instrument(span));
                 }
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(e) => {
@@ -183,8 +375,20 @@ pub async fn run(
             }
         }
     }
-    tracing::info!("shutting down");
-    Ok(())
+}
+
+/// `ALLOWED_DOMAINS` as the sandbox DNS server sees it.
+struct SandboxNames(Arc<App>);
+
+impl NamePolicy for SandboxNames {
+    fn allows(&self, name: &str) -> bool {
+        Host::parse(name).is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), &h))
+    }
+
+    fn blocked(&self, client: IpAddr, name: &str) {
+        self.0.blocked.denied(client, "DNS", name);
+        tracing::info!(%client, name, "deny DNS: not in ALLOWED_DOMAINS");
+    }
 }
 
 fn update_policy(app: &App, change: impl Fn(&mut Policy)) {

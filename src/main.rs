@@ -33,7 +33,18 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(config.verbose);
-    let check_only = config.check_config;
+    if config.check_config {
+        return match paude_proxy::listen::check(&config) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("paude-proxy: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let prepared = match paude_proxy::listen::prepare(config) {
         Ok(p) => p,
         Err(e) => {
@@ -41,10 +52,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if check_only {
-        println!("configuration OK (CA in {})", prepared.ca_dir.display());
-        return ExitCode::SUCCESS;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

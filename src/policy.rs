@@ -35,8 +35,8 @@ pub struct Policy {
 /// How the request reached us; decides the default port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    /// `CONNECT host:port`, intercepted as TLS.
-    Connect,
+    /// TLS to intercept: a `CONNECT host:port` tunnel or a redirected TLS connection.
+    Tls,
     /// `GET http://host/...`, forwarded as cleartext HTTP.
     PlainHttp,
 }
@@ -44,7 +44,7 @@ pub enum Entry {
 impl Entry {
     pub fn default_port(self) -> u16 {
         match self {
-            Entry::Connect => 443,
+            Entry::Tls => 443,
             Entry::PlainHttp => 80,
         }
     }
@@ -89,6 +89,11 @@ pub enum DenyReason {
     ForbiddenAddress(Host, IpAddr),
     /// The destination is one of the proxy's own listeners.
     ProxyLoop(SocketAddr),
+    /// Transparent mode: the name (SNI or `Host`) was not given to this client for the
+    /// address it dialled, and does not resolve to it either.
+    AddressMismatch(Host, IpAddr),
+    /// Transparent mode: a TLS connection without SNI to an address no IP rule allows.
+    NoSni(IpAddr),
 }
 
 impl fmt::Display for DenyReason {
@@ -110,6 +115,15 @@ impl fmt::Display for DenyReason {
                  (allow it with PAUDE_PROXY_ALLOWED_UPSTREAM_NETS)"
             ),
             DenyReason::ProxyLoop(a) => write!(f, "{a} is the proxy itself"),
+            DenyReason::AddressMismatch(h, ip) => write!(
+                f,
+                "{h} does not resolve to {ip}, the address the connection was made to \
+                 (was the name resolved through the sandbox DNS?)"
+            ),
+            DenyReason::NoSni(ip) => write!(
+                f,
+                "TLS to {ip} without a server name (SNI); only an IP listed in ALLOWED_DOMAINS may be reached that way"
+            ),
         }
     }
 }
@@ -119,9 +133,7 @@ pub fn admit(policy: &Policy, facts: &Facts) -> Result<(), DenyReason> {
     if !client_allowed(policy, facts.client) {
         return Err(DenyReason::ClientNotAllowed(facts.client));
     }
-    if let Some(domains) = &policy.domains
-        && !domains.iter().any(|p| p.matches(&facts.host))
-    {
+    if !domain_allowed(policy, &facts.host) {
         return Err(DenyReason::DomainNotAllowed(facts.host.clone()));
     }
     let port_ok = facts.port == facts.entry.default_port()
@@ -136,6 +148,14 @@ pub fn admit(policy: &Policy, facts: &Facts) -> Result<(), DenyReason> {
     Ok(())
 }
 
+/// `ALLOWED_DOMAINS` alone; also what the sandbox DNS answers by.
+pub fn domain_allowed(policy: &Policy, host: &Host) -> bool {
+    match &policy.domains {
+        None => true,
+        Some(domains) => domains.iter().any(|p| p.matches(host)),
+    }
+}
+
 pub fn client_allowed(policy: &Policy, client: IpAddr) -> bool {
     let client = client.to_canonical();
     match &policy.clients {
@@ -145,16 +165,21 @@ pub fn client_allowed(policy: &Policy, client: IpAddr) -> bool {
 }
 
 /// The SSRF guard: the first resolved address that may be dialled.
+///
+/// `is_local` says whether an address belongs to this host: a listener bound to all
+/// interfaces is reachable on every local address (an agent dialling its gateway's
+/// `10.200.0.1:3128` must not make the proxy dial itself).
 pub fn pick_address(
     policy: &Policy,
     host: &Host,
     port: u16,
     addrs: &[IpAddr],
+    is_local: &dyn Fn(IpAddr) -> bool,
 ) -> Result<SocketAddr, DenyReason> {
     let mut refused = None;
     for ip in addrs.iter().map(|ip| ip.to_canonical()) {
         let addr = SocketAddr::new(ip, port);
-        if is_own_listener(policy, addr) {
+        if is_own_listener(policy, addr, is_local) {
             return Err(DenyReason::ProxyLoop(addr));
         }
         if is_forbidden(ip) && !policy.upstream_nets.iter().any(|n| n.contains(&ip)) {
@@ -170,9 +195,14 @@ pub fn pick_address(
 }
 
 /// [`admit`] and [`pick_address`] in one, for callers that already hold the addresses.
-pub fn decide(policy: &Policy, facts: &Facts, addrs: &[IpAddr]) -> Verdict {
-    let checked =
-        admit(policy, facts).and_then(|()| pick_address(policy, &facts.host, facts.port, addrs));
+pub fn decide(
+    policy: &Policy,
+    facts: &Facts,
+    addrs: &[IpAddr],
+    is_local: &dyn Fn(IpAddr) -> bool,
+) -> Verdict {
+    let checked = admit(policy, facts)
+        .and_then(|()| pick_address(policy, &facts.host, facts.port, addrs, is_local));
     match checked {
         Ok(addr) => Verdict::Allow(Target {
             host: facts.host.clone(),
@@ -182,12 +212,14 @@ pub fn decide(policy: &Policy, facts: &Facts, addrs: &[IpAddr]) -> Verdict {
     }
 }
 
-fn is_own_listener(policy: &Policy, addr: SocketAddr) -> bool {
+fn is_own_listener(policy: &Policy, addr: SocketAddr, is_local: &dyn Fn(IpAddr) -> bool) -> bool {
     policy.own_listeners.iter().any(|l| {
         l.port() == addr.port()
-            && (l.ip() == addr.ip()
+            && (l.ip().to_canonical() == addr.ip()
                 || (l.ip().is_unspecified()
-                    && (addr.ip().is_loopback() || addr.ip().is_unspecified())))
+                    && (addr.ip().is_loopback()
+                        || addr.ip().is_unspecified()
+                        || is_local(addr.ip()))))
     })
 }
 
@@ -296,49 +328,46 @@ mod tests {
         use Entry::*;
         let p = policy();
         let table: Vec<(Facts, Result<(), DenyReason>)> = vec![
-            (facts("10.0.0.5", "api.openai.com", 443, Connect), Ok(())),
+            (facts("10.0.0.5", "api.openai.com", 443, Tls), Ok(())),
+            (facts("::ffff:10.0.0.5", "api.openai.com", 443, Tls), Ok(())),
             (
-                facts("::ffff:10.0.0.5", "api.openai.com", 443, Connect),
-                Ok(()),
-            ),
-            (
-                facts("10.0.1.5", "api.openai.com", 443, Connect),
+                facts("10.0.1.5", "api.openai.com", 443, Tls),
                 Err(ClientNotAllowed(ip("10.0.1.5"))),
             ),
             (
-                facts("10.0.0.5", "evil-openai.com", 443, Connect),
+                facts("10.0.0.5", "evil-openai.com", 443, Tls),
                 Err(DomainNotAllowed(h("evil-openai.com"))),
             ),
             (facts("10.0.0.5", "api.openai.com", 80, PlainHttp), Ok(())),
             (
-                facts("10.0.0.5", "api.openai.com", 80, Connect),
+                facts("10.0.0.5", "api.openai.com", 80, Tls),
                 Err(PortNotAllowed(h("api.openai.com"), 80)),
             ),
             (
                 facts("10.0.0.5", "api.openai.com", 443, PlainHttp),
                 Err(PortNotAllowed(h("api.openai.com"), 443)),
             ),
-            (facts("10.0.0.5", "api.openai.com", 4318, Connect), Ok(())),
-            (facts("10.0.0.5", "github.com", 8443, Connect), Ok(())),
+            (facts("10.0.0.5", "api.openai.com", 4318, Tls), Ok(())),
+            (facts("10.0.0.5", "github.com", 8443, Tls), Ok(())),
             (
-                facts("10.0.0.5", "api.github.com", 8443, Connect),
+                facts("10.0.0.5", "api.github.com", 8443, Tls),
                 Err(DomainNotAllowed(h("api.github.com"))),
             ),
             (
-                facts("10.0.0.5", "api.openai.com", 8443, Connect),
+                facts("10.0.0.5", "api.openai.com", 8443, Tls),
                 Err(PortNotAllowed(h("api.openai.com"), 8443)),
             ),
             // An endpoint exception never bypasses ALLOWED_DOMAINS.
             (
-                facts("10.0.0.5", "evil.com", 22, Connect),
+                facts("10.0.0.5", "evil.com", 22, Tls),
                 Err(DomainNotAllowed(h("evil.com"))),
             ),
-            (facts("10.0.0.5", "abc.example.org", 443, Connect), Ok(())),
+            (facts("10.0.0.5", "abc.example.org", 443, Tls), Ok(())),
             (
-                facts("10.0.0.5", "a.b.example.org", 443, Connect),
+                facts("10.0.0.5", "a.b.example.org", 443, Tls),
                 Err(DomainNotAllowed(h("a.b.example.org"))),
             ),
-            (facts("10.0.0.5", "1.2.3.4", 443, Connect), Ok(())),
+            (facts("10.0.0.5", "1.2.3.4", 443, Tls), Ok(())),
         ];
         for (f, want) in table {
             assert_eq!(admit(&p, &f), want, "{f:?}");
@@ -349,10 +378,10 @@ mod tests {
     fn no_lists_means_allow_all_on_default_ports() {
         let p = Policy::default();
         assert_eq!(
-            admit(&p, &facts("8.8.8.8", "anything.net", 443, Entry::Connect)),
+            admit(&p, &facts("8.8.8.8", "anything.net", 443, Entry::Tls)),
             Ok(())
         );
-        assert!(admit(&p, &facts("8.8.8.8", "anything.net", 25, Entry::Connect)).is_err());
+        assert!(admit(&p, &facts("8.8.8.8", "anything.net", 25, Entry::Tls)).is_err());
     }
 
     #[test]
@@ -381,7 +410,7 @@ mod tests {
         ];
         for a in forbidden {
             assert_eq!(
-                pick_address(&p, &h("x.com"), 443, &[ip(a)]),
+                pick_address(&p, &h("x.com"), 443, &[ip(a)], &|_| false),
                 Err(DenyReason::ForbiddenAddress(
                     h("x.com"),
                     ip(a).to_canonical()
@@ -390,15 +419,24 @@ mod tests {
             );
         }
         for a in ["8.8.8.8", "2606:4700::1111", "10.9.1.1", "::ffff:8.8.4.4"] {
-            assert!(pick_address(&p, &h("x.com"), 443, &[ip(a)]).is_ok(), "{a}");
+            assert!(
+                pick_address(&p, &h("x.com"), 443, &[ip(a)], &|_| false).is_ok(),
+                "{a}"
+            );
         }
         // The first usable address wins; forbidden ones are skipped.
         assert_eq!(
-            pick_address(&p, &h("x.com"), 443, &[ip("127.0.0.1"), ip("8.8.8.8")]),
+            pick_address(
+                &p,
+                &h("x.com"),
+                443,
+                &[ip("127.0.0.1"), ip("8.8.8.8")],
+                &|_| false
+            ),
             Ok("8.8.8.8:443".parse().unwrap())
         );
         assert_eq!(
-            pick_address(&p, &h("x.com"), 443, &[]),
+            pick_address(&p, &h("x.com"), 443, &[], &|_| false),
             Err(DenyReason::NoAddress(h("x.com")))
         );
     }
@@ -408,25 +446,33 @@ mod tests {
         let mut p = policy();
         p.upstream_nets.push("127.0.0.0/8".parse().unwrap());
         assert_eq!(
-            pick_address(&p, &h("x.com"), 3128, &[ip("127.0.0.1")]),
+            pick_address(&p, &h("x.com"), 3128, &[ip("127.0.0.1")], &|_| false),
             Err(DenyReason::ProxyLoop("127.0.0.1:3128".parse().unwrap()))
         );
-        assert!(pick_address(&p, &h("x.com"), 3129, &[ip("127.0.0.1")]).is_ok());
+        assert!(pick_address(&p, &h("x.com"), 3129, &[ip("127.0.0.1")], &|_| false).is_ok());
+        // An all-interfaces listener is reachable on every local address.
+        p.upstream_nets.push("10.200.0.0/16".parse().unwrap());
+        let gateway = |a: IpAddr| a == ip("10.200.0.1");
+        assert_eq!(
+            pick_address(&p, &h("x.com"), 3128, &[ip("10.200.0.1")], &gateway),
+            Err(DenyReason::ProxyLoop("10.200.0.1:3128".parse().unwrap()))
+        );
+        assert!(pick_address(&p, &h("x.com"), 3128, &[ip("10.200.0.2")], &gateway).is_ok());
     }
 
     #[test]
     fn decide_composes_both() {
         let p = policy();
-        let f = facts("10.0.0.5", "api.openai.com", 443, Entry::Connect);
+        let f = facts("10.0.0.5", "api.openai.com", 443, Entry::Tls);
         assert_eq!(
-            decide(&p, &f, &[ip("8.8.8.8")]),
+            decide(&p, &f, &[ip("8.8.8.8")], &|_| false),
             Verdict::Allow(Target {
                 host: h("api.openai.com"),
                 addr: "8.8.8.8:443".parse().unwrap()
             })
         );
         assert!(matches!(
-            decide(&p, &f, &[ip("10.0.0.1")]),
+            decide(&p, &f, &[ip("10.0.0.1")], &|_| false),
             Verdict::Deny(DenyReason::ForbiddenAddress(..))
         ));
     }

@@ -49,6 +49,12 @@ impl Resolver {
     }
 }
 
+/// Whether `ip` is an address of this host (in this network namespace): only a local
+/// address can be bound. Asked only when a destination port is one of our listeners'.
+pub fn is_local_addr(ip: IpAddr) -> bool {
+    std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 /// Parses `/etc/hosts` format: `ADDR NAME [NAME...]`, `#` comments. Errors name the line.
 pub fn parse_hosts_file(path: &Path) -> Result<HashMap<Host, Vec<IpAddr>>, String> {
     let text = std::fs::read_to_string(path)
@@ -90,6 +96,13 @@ mod tests {
         assert_eq!(m[&Host::parse("a.test").unwrap()].len(), 2);
         assert_eq!(parse_hosts("x y").unwrap_err().0, 1);
         assert_eq!(parse_hosts("\n1.2.3.4").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn local_addresses_are_recognised_without_sending_anything() {
+        assert!(is_local_addr("127.0.0.1".parse().unwrap()));
+        // TEST-NET-1 is never assigned to a host; binding it fails locally.
+        assert!(!is_local_addr("192.0.2.1".parse().unwrap()));
     }
 
     #[tokio::test]

@@ -2,7 +2,7 @@
 //! `Target::host` against system roots plus `PAUDE_PROXY_UPSTREAM_CA` (never the proxy's own
 //! CA), speak h2 or HTTP/1.1 as the upstream chooses, and pool what can be reused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -31,6 +31,8 @@ const UPSTREAM_TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// close keep-alive connections after 60 to 120 s; reusing one just as it closes fails).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 const POOL_MAX_IDLE_PER_KEY: usize = 32;
+/// Bound on remembered HTTP/1.1-only targets; past it, new ones just take the gate.
+const MAX_LEARNED: usize = 4096;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
@@ -80,6 +82,9 @@ struct Key {
 #[derive(Default)]
 struct Pool {
     idle: Mutex<HashMap<Key, Vec<(Conn, Instant)>>>,
+    /// Targets known to speak HTTP/1.1 only (they need no connect gate).
+    h1_only: Mutex<HashSet<Key>>,
+    gates: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 enum Conn {
@@ -118,14 +123,8 @@ impl Upstream {
             scheme,
             target: target.clone(),
         };
-        let mut conn = match self.pool.checkout(&key).await {
-            Some(c) => c,
-            None => self.connect(&key, &self.tls).await?,
-        };
-        let upstream_err = |e: hyper::Error| ProxyError::UpstreamHttp {
-            host: target.host.to_string(),
-            detail: crate::error::chain(&e),
-        };
+        let mut conn = self.acquire(&key).await?;
+        let upstream_err = |e: hyper::Error| ProxyError::upstream_http(&target.host, &e);
         let resp = match &mut conn {
             Conn::H1(sender) => {
                 to_h1(&mut req, target, scheme);
@@ -150,6 +149,44 @@ impl Upstream {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// Closes idle connections past their idle limit and dead ones. Called periodically, so
+    /// that idle sockets do not linger until their target is used again.
+    pub fn reap_idle(&self) {
+        let mut idle = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|(c, since)| since.elapsed() < POOL_IDLE_TIMEOUT && !c.is_closed());
+            !list.is_empty()
+        });
+    }
+
+    /// A pooled connection, or a new one. While a target's protocol is unknown or known to be
+    /// h2, new connections are made one at a time per target, so a burst of first requests
+    /// shares one h2 connection instead of dialling once each; HTTP/1.1 targets dial in
+    /// parallel, since an h1 connection serves one request at a time anyway.
+    async fn acquire(&self, key: &Key) -> Result<Conn, ProxyError> {
+        if let Some(c) = self.pool.checkout(key).await {
+            return Ok(c);
+        }
+        let gate = self.pool.gate(key);
+        let _turn = match &gate {
+            Some(g) => Some(g.lock().await),
+            None => None,
+        };
+        if gate.is_some()
+            && let Some(c) = self.pool.checkout(key).await
+        {
+            return Ok(c);
+        }
+        let fresh = self.connect(key, &self.tls).await?;
+        let is_h2 = matches!(fresh, Conn::H2(_));
+        self.pool.learn(key, is_h2);
+        if let Conn::H2(sender) = &fresh {
+            // Shared from the start: concurrent requests multiplex on it.
+            self.pool.put(key.clone(), Conn::H2(sender.clone()));
+        }
+        Ok(fresh)
+    }
+
     /// Sends an upgrade request (WebSocket) on a fresh HTTP/1.1 connection that is never
     /// pooled: after a 101 the connection belongs to the relayed bytes.
     pub async fn send_upgrade(
@@ -172,10 +209,7 @@ impl Upstream {
         sender
             .send_request(req)
             .await
-            .map_err(|e| ProxyError::UpstreamHttp {
-                host: target.host.to_string(),
-                detail: crate::error::chain(&e),
-            })
+            .map_err(|e| ProxyError::upstream_http(&target.host, &e))
     }
 
     async fn connect(&self, key: &Key, tls: &TlsConnector) -> Result<Conn, ProxyError> {
@@ -230,14 +264,10 @@ async fn h1<IO>(io: IO, host: &str) -> Result<Conn, ProxyError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (sender, conn) =
-        http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|e| ProxyError::UpstreamHttp {
-                host: host.to_string(),
-                detail: crate::error::chain(&e),
-            })?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(io)
+        .await
+        .map_err(|e| ProxyError::upstream_http(&host, &e))?;
     let host = host.to_string();
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
@@ -286,14 +316,7 @@ fn authority(target: &Target, scheme: Scheme) -> String {
         Scheme::Https => 443,
         Scheme::Http => 80,
     };
-    if target.port() == default {
-        match target.host.ip() {
-            Some(std::net::IpAddr::V6(_)) => format!("[{}]", target.host),
-            _ => target.host.to_string(),
-        }
-    } else {
-        target.host.with_port(target.port())
-    }
+    target.host.authority(target.port(), default)
 }
 
 impl Pool {
@@ -303,8 +326,12 @@ impl Pool {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 let list = idle.get_mut(key)?;
                 list.retain(|(c, since)| since.elapsed() < POOL_IDLE_TIMEOUT && !c.is_closed());
-                match list.last() {
-                    Some((Conn::H2(s), _)) => Some(Conn::H2(s.clone())),
+                match list.last_mut() {
+                    // In use counts as not idle: refresh the timestamp.
+                    Some((Conn::H2(s), since)) => {
+                        *since = Instant::now();
+                        Some(Conn::H2(s.clone()))
+                    }
                     Some((Conn::H1(_), _)) => list.pop().map(|(c, _)| c),
                     None => None,
                 }
@@ -324,6 +351,31 @@ impl Pool {
                     self.forget_h2(key);
                 }
             }
+        }
+    }
+
+    /// The per-target connect gate, or `None` for HTTP/1.1-only targets.
+    fn gate(&self, key: &Key) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        if self
+            .h1_only
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+        {
+            return None;
+        }
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget gates nobody holds, so the map stays as small as the set of busy targets.
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+        Some(gates.entry(key.clone()).or_default().clone())
+    }
+
+    fn learn(&self, key: &Key, is_h2: bool) {
+        let mut h1 = self.h1_only.lock().unwrap_or_else(|p| p.into_inner());
+        if is_h2 {
+            h1.remove(key);
+        } else if h1.len() < MAX_LEARNED {
+            h1.insert(key.clone());
         }
     }
 

@@ -165,7 +165,7 @@ mod tests {
         let route = routes
             .find(&h("us-central1-aiplatform.googleapis.com"))
             .unwrap();
-        assert!(route.gcloud().is_some() && route.value_bytes().is_none());
+        assert!(route.gcloud().is_some());
         assert!(routes.find(&h("googleapis.com.evil.com")).is_none());
         // The synchronous path can only drop the client's value; `inject` sets the token.
         let mut headers = HeaderMap::new();

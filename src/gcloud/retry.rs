@@ -20,6 +20,7 @@ use crate::App;
 use crate::body::{Body, BoxError};
 use crate::error::ProxyError;
 use crate::gcloud::GcloudCredential;
+use crate::handle::scrub;
 use crate::inject::Route;
 use crate::policy::Target;
 use crate::upstream::Scheme;
@@ -56,7 +57,10 @@ pub async fn send(
         Buffered::Streaming(body) => {
             tracing::debug!(host = %target.host, "request body too large or a stream: no retry after 401");
             let req = rebuild(&parts, route, &bearer.value, body);
-            let resp = app.upstream.send(scheme, target, req).await?;
+            let resp = scrub(
+                &bearer.needles,
+                app.upstream.send(scheme, target, req).await?,
+            );
             if resp.status() == StatusCode::UNAUTHORIZED {
                 // No retry, but the next request should not carry the rejected token.
                 if let Err(why) = credential.tokens.refresh_rejected(bearer.generation).await {
@@ -67,7 +71,10 @@ pub async fn send(
         }
     };
     let req = rebuild(&parts, route, &bearer.value, body.to_body());
-    let resp = app.upstream.send(scheme, target, req).await?;
+    let resp = scrub(
+        &bearer.needles,
+        app.upstream.send(scheme, target, req).await?,
+    );
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
     }
@@ -90,7 +97,10 @@ pub async fn send(
     );
     drop(resp);
     let req = rebuild(&parts, route, &fresh.value, body.to_body());
-    app.upstream.send(scheme, target, req).await
+    Ok(scrub(
+        &fresh.needles,
+        app.upstream.send(scheme, target, req).await?,
+    ))
 }
 
 fn rebuild(parts: &Parts, route: &Route, auth: &HeaderValue, body: Body) -> Request<Body> {

@@ -17,6 +17,7 @@ use http::HeaderValue;
 
 use crate::gcloud::fetch::{Fetch, Fetched};
 use crate::gcloud::looks_like_placeholder;
+use crate::scrub::Needles;
 
 /// A token is refreshed this long before it expires (or halfway through its life, for
 /// short-lived ones), so a request never leaves with a token about to die.
@@ -33,11 +34,12 @@ const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
 pub const WAITING_FOR_FETCH: &str = "no fresh Google token: waiting for the token fetch";
 
 /// A usable token: the complete `Authorization` value, marked sensitive (so `Debug` prints
-/// `Sensitive` and HPACK never indexes it), and its generation, which identifies it when
-/// an upstream rejects it.
+/// `Sensitive` and HPACK never indexes it), the token as a needle for scrubbing responses,
+/// and its generation, which identifies it when an upstream rejects it.
 #[derive(Clone)]
 pub struct Bearer {
     pub value: HeaderValue,
+    pub needles: Needles,
     pub generation: u64,
     refresh_at: Instant,
     expires_at: Instant,
@@ -195,10 +197,11 @@ impl TokenSource {
         let mut s = self.state();
         s.completed += 1;
         match result {
-            Ok((value, lifetime)) => {
+            Ok((value, needles, lifetime)) => {
                 let generation = s.completed;
                 let bearer = Bearer {
                     value,
+                    needles,
                     generation,
                     refresh_at: started + lifetime.saturating_sub(margin(lifetime)),
                     expires_at: started + lifetime,
@@ -228,7 +231,7 @@ fn margin(lifetime: Duration) -> Duration {
 }
 
 /// Checks a fetched token and builds its header value.
-fn accept(fetched: Fetched) -> Result<(HeaderValue, Duration), String> {
+fn accept(fetched: Fetched) -> Result<(HeaderValue, Needles, Duration), String> {
     let token = fetched.access_token.expose();
     if looks_like_placeholder(token) {
         return Err(format!(
@@ -243,7 +246,8 @@ fn accept(fetched: Fetched) -> Result<(HeaderValue, Duration), String> {
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| "the endpoint returned a token with characters not allowed in a header")?;
     value.set_sensitive(true);
-    Ok((value, fetched.lifetime))
+    let needles = Needles::new([token.trim().as_bytes().to_vec()]);
+    Ok((value, needles, fetched.lifetime))
 }
 
 #[cfg(test)]

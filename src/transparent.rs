@@ -1,0 +1,227 @@
+//! Transparent entry: TCP that nftables redirected to us. The original destination comes
+//! from `SO_ORIGINAL_DST`, the name from the ClientHello's SNI (or the `Host` header for
+//! plain HTTP), and the two must agree before the same policy and pipeline as explicit mode
+//! take over.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::App;
+use crate::body::Body;
+use crate::client_hello::{self, ParseError, ReadError, ReadLimits, Replay, Sni};
+use crate::dns::Evidence;
+use crate::error::ProxyError;
+use crate::framing::{FramingCheck, Watched};
+use crate::headers;
+use crate::host::{Host, parse_authority};
+use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_denied, serve_tunnel};
+use crate::orig_dst::original_dst;
+use crate::policy::{self, DenyReason, Entry, Facts, Target};
+use crate::resolve::is_local_addr;
+use crate::upstream::Scheme;
+
+/// Plain HTTP on a redirected connection: the request head must arrive in this time.
+const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve_redirected(
+    app: Arc<App>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let client = peer.ip().to_canonical();
+    let orig = match original_dst(&stream, peer) {
+        // A connection made straight to our port was not redirected: serving it would
+        // make the proxy dial itself.
+        Ok(a) if a == local || a.ip().is_unspecified() => {
+            tracing::info!(%client, "refused: a direct connection to the transparent port (not redirected)");
+            return;
+        }
+        Ok(a) => a,
+        Err(e) => {
+            tracing::info!(%client, "refused: no original destination ({e}); is the nft redirect rule in place?");
+            return;
+        }
+    };
+    if !policy::client_allowed(&app.policy.load(), client) {
+        app.deny(
+            client,
+            "CONNECT",
+            &orig.to_string(),
+            DenyReason::ClientNotAllowed(client),
+        );
+        return;
+    }
+    let mut buf = Vec::new();
+    let limits = ReadLimits::default();
+    match client_hello::read_client_hello_into(&mut stream, &mut buf, &limits).await {
+        Ok(sni) => tls(app, Replay::new(buf, stream), client, orig, sni).await,
+        Err(ReadError::Parse(ParseError::NotTls { .. })) => {
+            plain_http(app, Replay::new(buf, stream), client, orig).await
+        }
+        Err(e) => {
+            tracing::info!(%client, dst = %orig, "refused: unusable ClientHello: {e}");
+            app.blocked.denied(client, "CONNECT", &orig.to_string());
+        }
+    }
+}
+
+async fn tls(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketAddr, sni: Sni) {
+    let (host, no_sni) = match sni {
+        Sni::Name(n) => match Host::parse(n.as_str()) {
+            Ok(h) => (h, false),
+            Err(e) => {
+                tracing::info!(%client, dst = %orig, "refused: SNI is not a usable host name: {e}");
+                return;
+            }
+        },
+        // No SNI: only an IP-literal allow rule can permit it, and only to that IP.
+        Sni::Absent => (Host::from_ip(orig.ip()), true),
+    };
+    let what = host.with_port(orig.port());
+    let facts = Facts {
+        client,
+        host: host.clone(),
+        port: orig.port(),
+        entry: Entry::Tls,
+    };
+    let decided = approve(&app, &facts, orig)
+        .await
+        .map_err(|reason| match reason {
+            DenyReason::DomainNotAllowed(_) if no_sni => DenyReason::NoSni(orig.ip()),
+            r => r,
+        });
+    let target = match decided {
+        Ok(t) => t,
+        Err(reason) => {
+            let err = app.deny(client, "CONNECT", &what, reason);
+            // Finish the handshake and answer 403 with the reason: clearer for the agent
+            // than a reset, and nothing goes upstream.
+            serve_denied(app, io, host, err).await;
+            return;
+        }
+    };
+    // Credentials need a name that TLS verification can check; a bare IP gets none.
+    let route = if no_sni {
+        None
+    } else {
+        app.routes.find(&target.host).cloned()
+    };
+    tracing::info!(
+        %client,
+        target = %what,
+        addr = %target.addr,
+        credential = route.as_ref().map(|r| r.env_var.as_str()).unwrap_or("-"),
+        "allow transparent TLS"
+    );
+    serve_tunnel(
+        app,
+        io,
+        Tunnel {
+            client,
+            target,
+            route,
+        },
+    )
+    .await;
+}
+
+/// Policy, then SNI ↔ IP agreement, then the SSRF guard over the original destination.
+async fn approve(app: &App, facts: &Facts, orig: SocketAddr) -> Result<Target, DenyReason> {
+    let policy = app.policy.load();
+    policy::admit(&policy, facts)?;
+    agree(app, facts.client, &facts.host, orig.ip()).await?;
+    let addr = policy::pick_address(
+        &policy,
+        &facts.host,
+        orig.port(),
+        &[orig.ip()],
+        &is_local_addr,
+    )?;
+    Ok(Target {
+        host: facts.host.clone(),
+        addr,
+    })
+}
+
+/// The dialled address must be one the sandbox DNS gave this client for this name (the
+/// primary evidence, immune to CDN and geo-DNS differences); failing that, one our own
+/// lookup returns now.
+async fn agree(app: &App, client: IpAddr, host: &Host, ip: IpAddr) -> Result<(), DenyReason> {
+    if host.ip() == Some(ip) {
+        return Ok(());
+    }
+    if app.answers.check(client, host.as_str(), ip, Instant::now()) == Evidence::Given {
+        return Ok(());
+    }
+    match app.resolver.lookup(host).await {
+        Ok(addrs) if addrs.iter().any(|a| a.to_canonical() == ip) => Ok(()),
+        _ => Err(DenyReason::AddressMismatch(host.clone(), ip)),
+    }
+}
+
+/// Cleartext HTTP (port 80 and friends): the name comes from each request's `Host` and must
+/// agree with the original destination. Never a credential.
+async fn plain_http(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketAddr) {
+    let framing = Arc::new(FramingCheck::default());
+    let io = Watched::new(io, framing.clone());
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        let framing = framing.clone();
+        async move {
+            let resp = match framing.next_request() {
+                Ok(()) => http_request(&app, client, orig, req).await,
+                Err(e) => e.into_response(),
+            };
+            Ok::<_, Infallible>(resp)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HTTP_HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%client, "transparent HTTP connection ended: {e}");
+    }
+}
+
+async fn http_request(
+    app: &App,
+    client: IpAddr,
+    orig: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let result = async {
+        let raw = req
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| ProxyError::BadRequest("a Host header is required".into()))?;
+        let (host, _) = parse_authority(raw, Some(orig.port()))
+            .map_err(|e| ProxyError::BadRequest(format!("bad Host '{raw}': {e}")))?;
+        // As squid writes it: the URL the client meant, without a default `:80`.
+        let what = format!("http://{}{}", host.authority(orig.port(), 80), req.uri());
+        let facts = Facts { client, host, port: orig.port(), entry: Entry::PlainHttp };
+        let target = approve(app, &facts, orig)
+            .await
+            .map_err(|reason| app.deny(client, req.method().as_str(), &what, reason))?;
+        headers::check_authority(&req, &target.host, target.port())?;
+        headers::check_framing(&req)?;
+        tracing::info!(%client, url = %what, addr = %target.addr, "allow transparent HTTP (no credential)");
+        crate::handle::forward(app, Scheme::Http, &target, None, req).await
+    }
+    .await;
+    result.unwrap_or_else(ProxyError::into_response)
+}
