@@ -9,8 +9,8 @@ mod support;
 use std::time::Instant;
 
 use gcloud_support::{
-    API_HOST, FakeGoogle, PLACEHOLDER, Reply, TestKey, UserGrant, adc_file, builder, real_token,
-    watch_secret,
+    API_HOST, ECHO_AUTH_PATH, FakeGoogle, PLACEHOLDER, Reply, TestKey, UserGrant, adc_file,
+    builder, real_token, watch_secret,
 };
 use support::IO_TIMEOUT;
 use support::client::{TunnelClient, collect, timeout};
@@ -267,5 +267,45 @@ async fn token_requests_ignore_proxy_variables_and_go_direct() {
     assert!(
         tripped.is_err(),
         "the proxy's token request went through a proxy variable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_echoed_token_is_masked_in_the_answer_to_the_agent() {
+    let (ca, key, google) = lab().await;
+    let token = real_token("echoed");
+    google.script(&[Reply::Token(token.clone())]);
+    google.accept_only(&[&token]);
+    let proxy = sa_proxy(&ca, &key, &google, &[&token]);
+
+    let mut client = TunnelClient::open(&proxy, API_HOST, google.port()).await;
+    let req = client
+        .request("GET", ECHO_AUTH_PATH)
+        .header("authorization", format!("Bearer {PLACEHOLDER}"))
+        .body(support::body::empty())
+        .expect("request");
+    let resp = client.send(req).await;
+    assert_eq!(resp.status(), 200);
+    let header = resp
+        .headers()
+        .get("x-echo-authorization")
+        .expect("echo header")
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let body = String::from_utf8_lossy(&collect(resp.into_body()).await).into_owned();
+
+    assert_eq!(
+        google.api_requests()[0].authorization,
+        vec![format!("Bearer {token}")]
+    );
+    assert!(
+        !header.contains(&token) && !body.contains(&token),
+        "{header} {body}"
+    );
+    let masked = "*".repeat(token.len());
+    assert!(
+        header.contains(&masked) && body.contains(&masked),
+        "{header} {body}"
     );
 }

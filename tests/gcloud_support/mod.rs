@@ -47,6 +47,8 @@ pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform
 pub const PROJECT: &str = "paude-test-project";
 pub const CLIENT_EMAIL: &str = "tester@paude-test-project.iam.gserviceaccount.com";
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// API path that answers with the `Authorization` it received, in the body and a header.
+pub const ECHO_AUTH_PATH: &str = "/v1/echo-auth";
 /// What the agent holds and sends: the stub's placeholder token.
 pub const PLACEHOLDER: &str = "paude-proxy-managed";
 
@@ -386,6 +388,17 @@ async fn handle(
         answered: status.as_u16(),
     };
     state.api.lock().expect("lock").push(record.clone());
+    // A debug endpoint that echoes the credential, as some APIs' error pages do.
+    if ok && path == ECHO_AUTH_PATH {
+        let mut resp = json(
+            status,
+            serde_json::json!({"authorization": record.authorization[0]}),
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&record.authorization[0]) {
+            resp.headers_mut().insert("x-echo-authorization", v);
+        }
+        return Ok(resp);
+    }
     Ok(if ok {
         json(
             status,
