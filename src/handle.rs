@@ -56,9 +56,11 @@ pub async fn forward(
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
+    app.metrics.requests.inc();
     match route {
         Some(route) => {
             route.apply(&mut parts.headers);
+            app.metrics.injected.inc();
             tracing::info!(
                 host = %target.host,
                 method = %parts.method,
@@ -73,14 +75,22 @@ pub async fn forward(
     }
     let req = Request::from_parts(parts, body::stream(incoming));
     let Some(client_upgrade) = client_upgrade else {
-        let mut resp = app.upstream.send(scheme, target, req).await?;
+        let mut resp = app
+            .upstream
+            .send(scheme, target, req)
+            .await
+            .inspect_err(|_| app.metrics.upstream_errors.inc())?;
         headers::strip_hop_by_hop(resp.headers_mut());
         return Ok(match route {
             Some(r) => scrub(&r.needles, resp),
             None => resp,
         });
     };
-    let mut resp = app.upstream.send_upgrade(scheme, target, req).await?;
+    let mut resp = app
+        .upstream
+        .send_upgrade(scheme, target, req)
+        .await
+        .inspect_err(|_| app.metrics.upstream_errors.inc())?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(resp.headers_mut());
         let resp = resp.map(body::stream);
