@@ -352,6 +352,21 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_first_requests_for_one_host_mint_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Arc::new(CertAuthority::load_or_create(dir.path()).unwrap());
+        let host = Host::parse("burst.example").unwrap();
+        let configs: Vec<Arc<ServerConfig>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| s.spawn(|| ca.server_config(&host).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(ca.minted(), 1);
+        assert!(configs.iter().all(|c| Arc::ptr_eq(c, &configs[0])));
+    }
+
+    #[test]
     fn half_present_and_garbage_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(CA_CERT_FILE), "x").unwrap();

@@ -42,6 +42,11 @@ pub struct Args {
     #[arg(long, env = "PAUDE_PROXY_DNS_LISTEN")]
     pub dns_listen: Option<String>,
 
+    /// Admin listener with `/healthz` and `/metrics`, e.g. `127.0.0.1:9090`; keep it away from
+    /// agents [default: off].
+    #[arg(long, env = "PAUDE_PROXY_ADMIN_LISTEN")]
+    pub admin_listen: Option<String>,
+
     /// Resolvers the sandbox DNS server asks, `ip[:port]`, comma-separated
     /// [default: /etc/resolv.conf, after /etc/hosts].
     #[arg(long, env = "PAUDE_PROXY_DNS_UPSTREAM")]
@@ -151,6 +156,7 @@ pub struct Config {
     pub listen: ListenAddr,
     pub transparent_listen: Option<ListenAddr>,
     pub dns_listen: Option<ListenAddr>,
+    pub admin_listen: Option<ListenAddr>,
     /// Empty: the system resolver configuration.
     pub dns_upstream: Vec<SocketAddr>,
     pub hosts_file: Option<PathBuf>,
@@ -181,6 +187,7 @@ impl Config {
         let transparent_listen =
             optional("PAUDE_PROXY_TRANSPARENT_LISTEN", &args.transparent_listen)?;
         let dns_listen = optional("PAUDE_PROXY_DNS_LISTEN", &args.dns_listen)?;
+        let admin_listen = optional("PAUDE_PROXY_ADMIN_LISTEN", &args.admin_listen)?;
         let dns_upstream = split_list(args.dns_upstream.as_deref().unwrap_or(""))
             .map(|s| {
                 s.parse::<SocketAddr>()
@@ -255,6 +262,7 @@ impl Config {
             listen,
             transparent_listen,
             dns_listen,
+            admin_listen,
             dns_upstream,
             hosts_file: args.hosts_file.clone(),
             ca_dir: args.ca_dir,

@@ -30,6 +30,7 @@ const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    app.metrics.connections_explicit.inc();
     let client = peer.ip().to_canonical();
     let framing = Arc::new(FramingCheck::default());
     let io = Watched::new(stream, framing.clone());

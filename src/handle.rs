@@ -60,6 +60,7 @@ pub async fn forward(
             .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
+    app.metrics.requests.inc();
     if let Some(route) = route
         && let Some(credential) = route.gcloud()
         && client_upgrade.is_none()
@@ -74,6 +75,7 @@ pub async fn forward(
     let needles = match route {
         Some(route) => {
             let needles = route.inject(&mut parts.headers).await?;
+            app.metrics.injected.inc();
             tracing::info!(
                 host = %target.host,
                 method = %parts.method,
@@ -90,14 +92,22 @@ pub async fn forward(
     };
     let req = Request::from_parts(parts, body::stream(incoming));
     let Some(client_upgrade) = client_upgrade else {
-        let mut resp = app.upstream.send(scheme, target, req).await?;
+        let mut resp = app
+            .upstream
+            .send(scheme, target, req)
+            .await
+            .inspect_err(|_| app.metrics.upstream_errors.inc())?;
         headers::strip_hop_by_hop(resp.headers_mut());
         return Ok(match &needles {
             Some(n) => scrub(n, resp),
             None => resp,
         });
     };
-    let mut resp = app.upstream.send_upgrade(scheme, target, req).await?;
+    let mut resp = app
+        .upstream
+        .send_upgrade(scheme, target, req)
+        .await
+        .inspect_err(|_| app.metrics.upstream_errors.inc())?;
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         headers::strip_hop_by_hop(resp.headers_mut());
         let resp = resp.map(body::stream);

@@ -8,6 +8,7 @@ pub mod host;
 pub mod scrub;
 pub mod secret;
 
+pub mod admin;
 pub mod audit;
 pub mod ca;
 pub mod client_hello;
@@ -19,6 +20,7 @@ pub mod headers;
 pub mod inject;
 pub mod intercept;
 pub mod listen;
+pub mod metrics;
 pub mod orig_dst;
 pub mod policy;
 pub mod resolve;
@@ -54,12 +56,14 @@ pub struct App {
     pub upstream: Upstream,
     pub resolver: Resolver,
     pub blocked: BlockedLog,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl App {
     /// Records a denial (blocked log and a log line) and returns the error to answer with.
     pub fn deny(&self, client: IpAddr, method: &str, what: &str, reason: DenyReason) -> ProxyError {
         self.blocked.denied(client, method, what);
+        self.metrics.denied.inc();
         tracing::info!(%client, method, target = what, "deny: {reason}");
         ProxyError::Denied(reason)
     }

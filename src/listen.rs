@@ -53,6 +53,7 @@ struct Listeners {
     transparent: Option<ListenAddr>,
     dns: Option<ListenAddr>,
     dns_config: Option<DnsConfig>,
+    admin: Option<ListenAddr>,
 }
 
 /// Loads the CA, opens the blocked log, builds the upstream trust store. The blocked log
@@ -98,6 +99,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         transparent: config.transparent_listen,
         dns: config.dns_listen.clone(),
         dns_config: config.dns_listen.map(|_| dns_config),
+        admin: config.admin_listen,
     };
     let app = App {
         answers,
@@ -107,6 +109,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         upstream: Upstream::new(roots),
         resolver: Resolver::with_hosts(config.hosts),
         blocked,
+        metrics: Default::default(),
     };
     Ok(Prepared {
         app: Arc::new(app),
@@ -274,6 +277,10 @@ pub async fn run(
         Some(l) => Some(bind_tcp(l, "PAUDE_PROXY_TRANSPARENT_LISTEN").await?),
         None => None,
     };
+    let admin = match &listeners.admin {
+        Some(l) => Some(bind_tcp(l, "PAUDE_PROXY_ADMIN_LISTEN").await?),
+        None => None,
+    };
     let dns = match &listeners.dns {
         Some(l) => Some(bind_dns(l).await?),
         None => None,
@@ -284,6 +291,9 @@ pub async fn run(
     }
     if let Some((_, tcp)) = &dns {
         own.push(local(tcp, "PAUDE_PROXY_DNS_LISTEN")?);
+    }
+    if let Some(a) = &admin {
+        own.push(local(a, "PAUDE_PROXY_ADMIN_LISTEN")?);
     }
     update_policy(&app, |p| p.own_listeners.extend(own.iter().copied()));
     if !client_names.is_empty() {
@@ -323,6 +333,16 @@ pub async fn run(
             },
         ));
     }
+    if let Some(a) = admin {
+        let addr = local(&a, "PAUDE_PROXY_ADMIN_LISTEN")?;
+        tracing::info!("listening role=admin addr={addr}");
+        let app = app.clone();
+        tasks.spawn(accept_loop(
+            a,
+            stop_rx.clone(),
+            move |stream, peer, _local| crate::admin::serve_admin(app.clone(), stream, peer),
+        ));
+    }
     if let (Some((udp, tcp)), Some(dns_cfg)) = (dns, listeners.dns_config) {
         let addr = local(&tcp, "PAUDE_PROXY_DNS_LISTEN")?;
         let names: Arc<dyn NamePolicy> = Arc::new(SandboxNames(app.clone()));
@@ -333,6 +353,7 @@ pub async fn run(
                 problem: e.to_string(),
             })
         })?;
+        let _ = app.metrics.dns.set(server.stats());
         tracing::info!("listening role=dns addr={addr}");
         let mut stop = stop_rx.clone();
         tasks.spawn(async move {

@@ -39,6 +39,7 @@ pub async fn serve_redirected(
     local: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
+    app.metrics.connections_transparent.inc();
     let client = peer.ip().to_canonical();
     let orig = match original_dst(&stream, peer) {
         // A connection made straight to our port was not redirected: serving it would

@@ -44,6 +44,7 @@ pub async fn send(
         detail,
     };
     let bearer = credential.tokens.token().await.map_err(no_token)?;
+    app.metrics.injected.inc();
     tracing::info!(
         host = %target.host,
         method = %parts.method,
@@ -59,7 +60,7 @@ pub async fn send(
             let req = rebuild(&parts, route, &bearer.value, body);
             let resp = scrub(
                 &bearer.needles,
-                app.upstream.send(scheme, target, req).await?,
+                send_counted(app, scheme, target, req).await?,
             );
             if resp.status() == StatusCode::UNAUTHORIZED {
                 // No retry, but the next request should not carry the rejected token.
@@ -73,7 +74,7 @@ pub async fn send(
     let req = rebuild(&parts, route, &bearer.value, body.to_body());
     let resp = scrub(
         &bearer.needles,
-        app.upstream.send(scheme, target, req).await?,
+        send_counted(app, scheme, target, req).await?,
     );
     if resp.status() != StatusCode::UNAUTHORIZED {
         return Ok(resp);
@@ -99,8 +100,21 @@ pub async fn send(
     let req = rebuild(&parts, route, &fresh.value, body.to_body());
     Ok(scrub(
         &fresh.needles,
-        app.upstream.send(scheme, target, req).await?,
+        send_counted(app, scheme, target, req).await?,
     ))
+}
+
+/// One upstream send, counted in the metrics like every other forward.
+async fn send_counted(
+    app: &App,
+    scheme: Scheme,
+    target: &Target,
+    req: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    app.upstream
+        .send(scheme, target, req)
+        .await
+        .inspect_err(|_| app.metrics.upstream_errors.inc())
 }
 
 fn rebuild(parts: &Parts, route: &Route, auth: &HeaderValue, body: Body) -> Request<Body> {
