@@ -88,6 +88,15 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
             servers => DnsUpstream::Servers(servers.to_vec()),
         },
         hosts_file: config.hosts_file.clone(),
+        // With a gcloud credential the proxy emulates the GCE metadata server, so the
+        // sandbox must find it by name; the connection then reaches the proxy anyway.
+        pinned: match config.routes.gcloud() {
+            Some(_) => vec![(
+                crate::gcloud::metadata::METADATA_HOST.to_string(),
+                std::net::IpAddr::V4(crate::gcloud::metadata::METADATA_IP),
+            )],
+            None => Vec::new(),
+        },
         ..DnsConfig::default()
     };
     let answers = Arc::new(AnswerRecord::new(
@@ -403,7 +412,10 @@ struct SandboxNames(Arc<App>);
 
 impl NamePolicy for SandboxNames {
     fn allows(&self, name: &str) -> bool {
-        Host::parse(name).is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), &h))
+        let emulated =
+            name == crate::gcloud::metadata::METADATA_HOST && self.0.routes.gcloud().is_some();
+        emulated
+            || Host::parse(name).is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), &h))
     }
 
     fn blocked(&self, client: IpAddr, name: &str) {

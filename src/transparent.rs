@@ -212,6 +212,11 @@ async fn http_request(
             .ok_or_else(|| ProxyError::BadRequest("a Host header is required".into()))?;
         let (host, _) = parse_authority(raw, Some(orig.port()))
             .map_err(|e| ProxyError::BadRequest(format!("bad Host '{raw}': {e}")))?;
+        // The emulated metadata server answers before the SSRF guard would refuse
+        // 169.254.169.254; nothing is forwarded.
+        if let Some(resp) = crate::gcloud::metadata::intercept(app, &host, orig.port(), &req) {
+            return Ok(resp);
+        }
         // As squid writes it: the URL the client meant, without a default `:80`.
         let what = format!("http://{}{}", host.authority(orig.port(), 80), req.uri());
         let facts = Facts { client, host, port: orig.port(), entry: Entry::PlainHttp };

@@ -663,15 +663,28 @@ fn exec_gives_ca_trust_and_only_dummy_credentials() {
     ] {
         assert_eq!(get(var), Some("paude-proxy-managed"), "{var}");
     }
-    for var in [
-        "HTTPS_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "GCP_ADC_JSON",
-        "GOOGLE_APPLICATION_CREDENTIALS",
-    ] {
+    for var in ["HTTPS_PROXY", "http_proxy", "ALL_PROXY", "GCP_ADC_JSON"] {
         assert_eq!(get(var), None, "{var} must not reach the agent");
     }
+    // With Google credentials configured the agent holds the stub ADC, the very JSON
+    // `paude-proxy stub-adc` prints, and nothing of the real one.
+    let stub_path = format!("/etc/netns/{}/paude-proxy-adc.json", agent.name);
+    assert_eq!(
+        get("GOOGLE_APPLICATION_CREDENTIALS"),
+        Some(stub_path.as_str())
+    );
+    let stub: Value = serde_json::from_str(&fs::read_to_string(&stub_path).expect("stub ADC"))
+        .expect("stub ADC is JSON");
+    let printed = std::process::Command::new(env!("CARGO_BIN_EXE_paude-proxy"))
+        .arg("stub-adc")
+        .output()
+        .expect("paude-proxy stub-adc");
+    let printed: Value = serde_json::from_slice(&printed.stdout).expect("stub-adc prints JSON");
+    assert_eq!(
+        stub, printed,
+        "the script's stub matches `paude-proxy stub-adc`"
+    );
+    assert!(!stub.to_string().contains("real"), "{stub}");
     let bundle = format!("/etc/netns/{}/ssl/certs/ca-certificates.crt", agent.name);
     for var in [
         "SSL_CERT_FILE",

@@ -734,3 +734,63 @@ fn run_wraps_an_agent_end_to_end_and_leaves_nothing_behind() {
     assert_eq!(names, vec!["lo", "up0"], "a veth was left in gw:\n{links}");
     gw.assert_no_leaks(&[&stdout]);
 }
+
+/// With a Google credential configured, the proxy emulates the GCE metadata server for
+/// agents: `metadata.google.internal` resolves through the sandbox DNS to 169.254.169.254,
+/// the redirected plain-HTTP request is answered by the proxy with a placeholder token, and
+/// nothing ever reaches the real 169.254.169.254 (which the lab does listen on).
+#[test]
+fn metadata_server_is_emulated_when_gcloud_is_configured() {
+    let test = "metadata_server_is_emulated_when_gcloud_is_configured";
+    if !netns_ready(test) || !tool_ready(test, "curl") {
+        return;
+    }
+    let mut lab = Lab::new("gmd");
+    // An authorized-user ADC: parsed at startup; no token is fetched for the metadata
+    // answers, which hand out a placeholder.
+    let adc = r#"{"type":"authorized_user","client_id":"lab-client","client_secret":"lab-client-secret-0123456789","refresh_token":"lab-refresh-token-0123456789"}"#;
+    let gw = Gateway::start_with_env(&mut lab, &[("GCP_ADC_JSON", adc)]);
+    let agent = lab.create_agent(&[]);
+    let token_path = "/computeMetadata/v1/instance/service-accounts/default/token";
+
+    let by_name = agent_curl(
+        &lab,
+        &agent.name,
+        &format!("-H 'Metadata-Flavor: Google' http://metadata.google.internal{token_path}"),
+    );
+    assert_code(&by_name, "200", &gw);
+    assert_eq!(
+        by_name.remote_ip, METADATA_V4,
+        "the sandbox DNS pins the name"
+    );
+    let token: Value = serde_json::from_str(&by_name.body).expect("token JSON");
+    assert_eq!(token["access_token"], "paude-proxy-managed");
+
+    let by_ip = agent_curl(
+        &lab,
+        &agent.name,
+        &format!("-H 'Metadata-Flavor: Google' http://{METADATA_V4}{token_path}"),
+    );
+    assert_code(&by_ip, "200", &gw);
+    let no_flavor = agent_curl(
+        &lab,
+        &agent.name,
+        &format!("http://{METADATA_V4}{token_path}"),
+    );
+    assert_code(&no_flavor, "403", &gw);
+
+    assert!(
+        gw.http_at(METADATA_V4).is_empty(),
+        "the real metadata address was reached: {:?}",
+        gw.http_at(METADATA_V4)
+    );
+    for secret in [
+        "lab-client-secret-0123456789",
+        "lab-refresh-token-0123456789",
+    ] {
+        assert!(
+            !by_name.all().contains(secret) && !gw.proxy_log().contains(secret),
+            "an ADC secret leaked"
+        );
+    }
+}

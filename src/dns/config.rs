@@ -1,7 +1,7 @@
 //! Settings for the sandbox DNS server. Plain data: the lead's config layer builds it from
 //! `PAUDE_PROXY_DNS_LISTEN`, `PAUDE_PROXY_HOSTS_FILE` and friends.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -62,6 +62,9 @@ pub struct DnsConfig {
     /// `PAUDE_PROXY_HOSTS_FILE` (/etc/hosts format). Consulted first; a name listed here is
     /// answered only from here and never asked upstream. An unreadable file is a startup error.
     pub hosts_file: Option<PathBuf>,
+    /// Names the proxy itself answers for, ahead of every hosts file (the emulated GCE
+    /// metadata server's `metadata.google.internal`).
+    pub pinned: Vec<(String, IpAddr)>,
 }
 
 impl Default for DnsConfig {
@@ -73,6 +76,7 @@ impl Default for DnsConfig {
             rate: RateLimit::default(),
             upstream: Upstream::System,
             hosts_file: None,
+            pinned: Vec::new(),
         }
     }
 }

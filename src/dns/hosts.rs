@@ -64,6 +64,12 @@ impl HostsTable {
         self.by_name.get(name).map(Vec::as_slice)
     }
 
+    /// Pins `name` to `addr` ahead of anything the files said.
+    pub(crate) fn pin(&mut self, name: &str, addr: IpAddr) {
+        self.by_name
+            .insert(name.to_ascii_lowercase(), vec![addr.to_canonical()]);
+    }
+
     /// Earlier tables win: a name pinned in the extra file hides its /etc/hosts entries.
     fn add_missing(&mut self, other: Self) {
         for (name, addrs) in other.by_name {

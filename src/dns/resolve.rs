@@ -55,7 +55,10 @@ impl NameResolver {
             Upstream::System => Some(std::path::Path::new(SYSTEM_HOSTS_PATH)),
             Upstream::Servers(_) => None,
         };
-        let hosts = HostsTable::load(cfg.hosts_file.as_deref(), system_hosts)?;
+        let mut hosts = HostsTable::load(cfg.hosts_file.as_deref(), system_hosts)?;
+        for (name, addr) in &cfg.pinned {
+            hosts.pin(name, *addr);
+        }
         Ok(Self {
             hosts,
             upstream: build_upstream(cfg)?,

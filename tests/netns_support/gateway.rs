@@ -85,6 +85,11 @@ impl Gateway {
     /// Builds the inet side, starts the proxy in gw and points `lab.ca` at the
     /// proxy's CA, so that agents created afterwards trust it.
     pub fn start(lab: &mut Lab) -> Gateway {
+        Self::start_with_env(lab, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment for the proxy.
+    pub fn start_with_env(lab: &mut Lab, extra_env: &[(&str, &str)]) -> Gateway {
         add_inet_hosts(lab);
         let dir = lab.dir.path().join("gw");
         fs::create_dir_all(&dir).expect("gw dir");
@@ -205,6 +210,7 @@ impl Gateway {
             )
             .env("OPENAI_API_KEY", OPENAI_SECRET)
             .env("ANTHROPIC_API_KEY", ANTHROPIC_SECRET)
+            .envs(extra_env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);

@@ -22,7 +22,7 @@ readonly DEFAULT_CREDENTIAL_ENV_VARS=(OPENAI_API_KEY ANTHROPIC_API_KEY GH_TOKEN 
 
 # Never inherited by the agent: proxy settings would route around the
 # transparent path, and these Google variables carry a real credential (inline
-# JSON) or the path to one. A stub ADC for the agent is the gcloud feature's job.
+# JSON) or the path to one; the agent gets a stub ADC instead (write_stub_adc).
 readonly STRIPPED_ENV_VARS=(
 	HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY FTP_PROXY
 	http_proxy https_proxy all_proxy no_proxy ftp_proxy
@@ -77,14 +77,47 @@ credential_env_vars() {
 	done <<<"${names}"
 }
 
+# The stub Application Default Credentials the agent holds when the proxy has a
+# gcloud credential: the same JSON `paude-proxy stub-adc` prints. Google's
+# libraries use it to ask oauth2.googleapis.com for a token, which the proxy
+# answers itself with a placeholder, then injects the real token on the way out.
+readonly STUB_ADC_JSON='{
+  "type": "authorized_user",
+  "client_id": "paude-proxy-managed",
+  "client_secret": "paude-proxy-managed",
+  "refresh_token": "paude-proxy-managed",
+  "universe_domain": "googleapis.com"
+}'
+
+# True when the caller's environment carries Google credentials for the proxy
+# (or PAUDE_NETNS_GCLOUD=1 says the proxy, running elsewhere, has them).
+gcloud_configured() {
+	[[ -n ${GCP_ADC_JSON:-} || -n ${GOOGLE_APPLICATION_CREDENTIALS:-} || ${PAUDE_NETNS_GCLOUD:-0} == 1 ]]
+}
+
+# Writes the stub ADC where the agent can read it and prints its path.
+write_stub_adc() {
+	local name=$1 file
+	file="$(etc_dir_for "${name}")/paude-proxy-adc.json"
+	printf '%s\n' "${STUB_ADC_JSON}" >"${file}"
+	chmod 0644 "${file}"
+	printf '%s' "${file}"
+}
+
 # Applies the agent environment to the current shell (called right before
 # exec-ing into the namespace).
 apply_agent_env() {
-	local name=$1 bundle var vars
+	local name=$1 bundle var vars stub=""
 	bundle=$(bundle_path_for "${name}")
+	if gcloud_configured; then
+		stub=$(write_stub_adc "${name}")
+	fi
 	for var in "${STRIPPED_ENV_VARS[@]}"; do
 		unset "${var}"
 	done
+	if [[ -n ${stub} ]]; then
+		export GOOGLE_APPLICATION_CREDENTIALS="${stub}"
+	fi
 	for var in "${TRUST_ENV_VARS[@]}"; do
 		export "${var}=${bundle}"
 	done

@@ -75,8 +75,11 @@ overlays /etc). The environment gets:
   - ${DUMMY_CREDENTIAL} for OPENAI_API_KEY, ANTHROPIC_API_KEY, GH_TOKEN,
     CURSOR_API_KEY and every env_var of \$PAUDE_PROXY_CREDENTIALS_CONFIG
     (gcloud entries excepted), replacing any real value;
-  - no HTTP(S)_PROXY/ALL_PROXY/NO_PROXY (any case), GCP_ADC_JSON or
-    GOOGLE_APPLICATION_CREDENTIALS.
+  - no HTTP(S)_PROXY/ALL_PROXY/NO_PROXY (any case), GCP_ADC_JSON or real
+    GOOGLE_APPLICATION_CREDENTIALS; when the caller has GCP_ADC_JSON or
+    GOOGLE_APPLICATION_CREDENTIALS set (or PAUDE_NETNS_GCLOUD=1), the agent
+    gets GOOGLE_APPLICATION_CREDENTIALS pointing at a stub ADC file (the JSON
+    'paude-proxy stub-adc' prints) that holds no real credential.
 
 CMD runs as root unless you drop privileges, and root inside the namespace
 could leave it (e.g. by entering another namespace); run agents as an
