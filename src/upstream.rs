@@ -30,7 +30,9 @@ const UPSTREAM_TLS_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle pooled connections older than this are dropped rather than reused (most servers
 /// close keep-alive connections after 60 to 120 s; reusing one just as it closes fails).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-const POOL_MAX_IDLE_PER_KEY: usize = 32;
+/// Enough for a busy HTTP/1.1-only upstream: a smaller cap closes connections above it and
+/// dials them again under load (measured: 64 clients, cap 32 → half the throughput).
+const POOL_MAX_IDLE_PER_KEY: usize = 256;
 /// Bound on remembered HTTP/1.1-only targets; past it, new ones just take the gate.
 const MAX_LEARNED: usize = 4096;
 
