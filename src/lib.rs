@@ -1,35 +1,44 @@
 //! paude-proxy: a credential-injecting HTTPS interception proxy.
 //!
-//! Modules in pipeline order:
-//! `listen → connect (explicit entry) → policy → intercept (TLS) → handle → inject → upstream`.
+//! Modules are grouped by pipeline stage:
+//! `listen → classify (orig dst, SNI) → decide → terminate TLS → handle request → upstream`.
 
+// Plain data every stage shares.
 pub mod config;
 pub mod host;
-pub mod scrub;
 pub mod secret;
 
-pub mod admin;
-pub mod audit;
-pub mod ca;
+// listen → classify: the two entries and what they read off a connection.
 pub mod client_hello;
 pub mod connect;
 pub mod dns;
+pub mod listen;
+pub mod orig_dst;
+pub mod transparent;
+
+// decide: pure policy over facts, and the one lookup it needs.
+pub mod policy;
+pub mod resolve;
+
+// terminate TLS → handle request: checks, credentials, answers we give ourselves.
+pub mod ca;
 pub mod framing;
+pub mod gcloud;
 pub mod handle;
 pub mod headers;
 pub mod inject;
 pub mod intercept;
-pub mod listen;
-pub mod metrics;
-pub mod orig_dst;
-pub mod policy;
-pub mod resolve;
-pub mod transparent;
+pub mod scrub;
+
+// upstream.
 pub mod upstream;
 
+// Cross-cutting: the body and error types, logs and counters, the admin port.
+pub mod admin;
+pub mod audit;
 pub mod body;
 pub mod error;
-pub mod gcloud;
+pub mod metrics;
 
 use std::net::IpAddr;
 
