@@ -137,7 +137,10 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .max_concurrent_streams(MAX_H2_STREAMS);
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        // Larger windows for h2 uploads, as upstream.
+        .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .await

@@ -36,6 +36,10 @@ const POOL_MAX_IDLE_PER_KEY: usize = 256;
 /// Bound on remembered HTTP/1.1-only targets; past it, new ones just take the gate.
 const MAX_LEARNED: usize = 4096;
 
+/// HTTP/2 flow-control windows, both directions (also used by the client-facing server).
+pub const H2_STREAM_WINDOW: u32 = 1 << 20;
+pub const H2_CONNECTION_WINDOW: u32 = 4 << 20;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
     Https,
@@ -246,6 +250,10 @@ impl Upstream {
         if is_h2 {
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                // Larger windows: hyper's 64 KiB default caps a bulk download at one window
+                // per round trip. Fixed rather than adaptive: BDP pings cost on small requests.
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .handshake(io)
                 .await
                 .map_err(|e| tls_err(crate::error::chain(&e)))?;
