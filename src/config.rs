@@ -14,6 +14,7 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::host::{Host, parse_authority, parse_patterns, parse_port, split_list};
 use crate::inject::{DEFAULT_CREDENTIALS_JSON, Routes};
+use crate::limits::{Limits, RawLimits};
 use crate::policy::Policy;
 
 pub const DEFAULT_CA_DIR: &str = "/data/ca";
@@ -105,6 +106,33 @@ pub struct Args {
     #[arg(long, env = "PAUDE_PROXY_HOSTS_FILE")]
     pub hosts_file: Option<PathBuf>,
 
+    /// Seconds from sending a request upstream to its response head; past it the client
+    /// gets 504 [default: 600, LLM calls are slow].
+    #[arg(long, env = "PAUDE_PROXY_RESPONSE_HEADER_TIMEOUT", default_value = "")]
+    pub response_header_timeout: String,
+
+    /// Seconds a client connection may sit with no request in flight (HTTP/1.1 keep-alive
+    /// and HTTP/2) [default: 120].
+    #[arg(long, env = "PAUDE_PROXY_CLIENT_IDLE_TIMEOUT", default_value = "")]
+    pub client_idle_timeout: String,
+
+    /// Seconds an unused pooled upstream connection is kept [default: 50].
+    #[arg(long, env = "PAUDE_PROXY_UPSTREAM_IDLE_TIMEOUT", default_value = "")]
+    pub upstream_idle_timeout: String,
+
+    /// Idle pooled upstream connections kept, all destinations together [default: 512].
+    #[arg(long, env = "PAUDE_PROXY_MAX_IDLE_UPSTREAM", default_value = "")]
+    pub max_idle_upstream: String,
+
+    /// Concurrent client connections; the excess is closed at once [default: 10000].
+    #[arg(long, env = "PAUDE_PROXY_MAX_CONNECTIONS", default_value = "")]
+    pub max_connections: String,
+
+    /// Seconds that requests in flight may take to finish after SIGTERM/SIGINT; a second
+    /// signal exits at once [default: 10].
+    #[arg(long, env = "PAUDE_PROXY_SHUTDOWN_GRACE", default_value = "")]
+    pub shutdown_grace: String,
+
     /// Validate the configuration, print a summary and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -170,6 +198,7 @@ pub struct Config {
     pub blocked_log_path: PathBuf,
     pub upstream_ca: Vec<CertificateDer<'static>>,
     pub hosts: HashMap<Host, Vec<IpAddr>>,
+    pub limits: Limits,
     pub check_config: bool,
 }
 
@@ -238,6 +267,14 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let routes = load_routes(args.credentials_config.as_ref(), env)?;
+        let limits = Limits::parse(&RawLimits {
+            response_header: &args.response_header_timeout,
+            client_idle: &args.client_idle_timeout,
+            upstream_idle: &args.upstream_idle_timeout,
+            max_idle_upstream: &args.max_idle_upstream,
+            max_connections: &args.max_connections,
+            shutdown_grace: &args.shutdown_grace,
+        })?;
         let upstream_ca = match &args.upstream_ca {
             None => Vec::new(),
             Some(path) => load_pem_certs(path)
@@ -280,6 +317,7 @@ impl Config {
             blocked_log_path: args.blocked_log_path,
             upstream_ca,
             hosts,
+            limits,
             check_config: args.check_config,
         })
     }

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 use crate::App;
 use crate::body::{self, Body};
+use crate::conns::{self, ConnHandle};
 use crate::error::ProxyError;
 use crate::framing::{FramingCheck, Watched};
 use crate::headers;
@@ -28,30 +29,34 @@ use crate::upstream::Scheme;
 /// The first request head (CONNECT line or absolute-URI request) must arrive in this time.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr) {
+pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, conn: ConnHandle) {
     let _ = stream.set_nodelay(true);
     app.metrics.connections_explicit.inc();
     let client = peer.ip().to_canonical();
     let framing = Arc::new(FramingCheck::default());
     let io = Watched::new(stream, framing.clone());
+    let idle = app.limits.client_idle;
+    let handle = conn.clone();
     let service = service_fn(move |req| {
         let app = app.clone();
         let framing = framing.clone();
+        let conn = conn.clone();
         async move {
+            let busy = conn.busy();
             let resp = match framing.next_request() {
-                Ok(()) => proxy_request(app, client, req).await,
+                Ok(()) => proxy_request(app, client, req, &conn).await,
                 Err(e) => e.into_response(),
             };
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(conn.hold_until_sent(resp, busy))
         }
     });
-    let conn = http1::Builder::new()
+    let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    if let Err(e) = conns::serve(served, &handle, idle).await {
         tracing::debug!(%client, "client connection ended: {e}");
     }
 }
@@ -86,8 +91,13 @@ fn classify(req: &Request<Incoming>) -> Result<Form, ProxyError> {
     }
 }
 
-async fn proxy_request(app: Arc<App>, client: IpAddr, req: Request<Incoming>) -> Response<Body> {
-    match route_request(&app, client, req).await {
+async fn proxy_request(
+    app: Arc<App>,
+    client: IpAddr,
+    req: Request<Incoming>,
+    conn: &ConnHandle,
+) -> Response<Body> {
+    match route_request(&app, client, req, conn).await {
         Ok(resp) => resp,
         Err(e) => e.into_response(),
     }
@@ -97,6 +107,7 @@ async fn route_request(
     app: &Arc<App>,
     client: IpAddr,
     req: Request<Incoming>,
+    conn: &ConnHandle,
 ) -> Result<Response<Body>, ProxyError> {
     let policy = app.policy.load();
     // The client filter comes first and covers every request form, even ones we would
@@ -106,7 +117,7 @@ async fn route_request(
         return Err(app.deny(client, req.method().as_str(), &blocked_what(&req), reason));
     }
     match classify(&req)? {
-        Form::Connect(host, port) => connect(app, client, req, host, port).await,
+        Form::Connect(host, port) => connect(app, client, req, host, port, conn.clone()).await,
         Form::PlainHttp(host, port) => plain_http(app, client, req, host, port).await,
         Form::AbsoluteHttps => Err(ProxyError::BadRequest(
             "https:// URLs go through a CONNECT tunnel: set HTTPS_PROXY to this proxy instead of sending the URL to it".into(),
@@ -137,9 +148,10 @@ async fn approve(app: &App, facts: Facts, method: &str, what: &str) -> Result<Ta
     }
     let addrs = app.resolver.lookup(&facts.host).await?;
     match policy::pick_address(&policy, &facts.host, facts.port, &addrs, &is_local_addr) {
-        Ok(addr) => Ok(Target {
+        Ok(addrs) => Ok(Target {
             host: facts.host,
-            addr,
+            port: facts.port,
+            addrs,
         }),
         Err(reason) => Err(app.deny(facts.client, method, what, reason)),
     }
@@ -151,6 +163,7 @@ async fn connect(
     mut req: Request<Incoming>,
     host: Host,
     port: u16,
+    conn: ConnHandle,
 ) -> Result<Response<Body>, ProxyError> {
     let what = host.with_port(port);
     let facts = Facts {
@@ -164,19 +177,21 @@ async fn connect(
     tracing::info!(
         %client,
         target = %what,
-        addr = %target.addr,
+        addr = %target,
         credential = route.as_ref().map(|r| r.env_var.as_str()).unwrap_or("-"),
         "allow CONNECT"
     );
     let upgrade = hyper::upgrade::on(&mut req);
     let app = app.clone();
-    tokio::spawn(async move {
+    let tasks = app.tasks.clone();
+    tasks.spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
                 let tunnel = Tunnel {
                     client,
                     target,
                     route,
+                    conn,
                 };
                 serve_tunnel(app, TokioIo::new(upgraded), tunnel).await;
             }
@@ -213,6 +228,6 @@ async fn plain_http(
     let target = approve(app, facts, method.as_str(), &what).await?;
     headers::check_authority(&req, &target.host, port)?;
     headers::check_framing(&req)?;
-    tracing::info!(%client, url = %what, addr = %target.addr, "allow plain HTTP (no credential)");
+    tracing::info!(%client, url = %what, addr = %target, "allow plain HTTP (no credential)");
     crate::handle::forward(app, Scheme::Http, &target, None, req).await
 }

@@ -40,6 +40,14 @@ pub enum ProxyError {
     UpstreamTls { host: String, detail: String },
     #[error("upstream {host} failed: {detail}")]
     UpstreamHttp { host: String, detail: String },
+    /// No response head within `PAUDE_PROXY_RESPONSE_HEADER_TIMEOUT`.
+    #[error(
+        "upstream {host} sent no response within {after:?} (PAUDE_PROXY_RESPONSE_HEADER_TIMEOUT)"
+    )]
+    UpstreamTimeout {
+        host: String,
+        after: std::time::Duration,
+    },
     /// No access token for a gcloud route (token endpoint down, credential revoked, ...).
     /// `detail` never holds a secret: it is built from fetch errors, not token values.
     #[error("no Google access token for {credential}: {detail}")]
@@ -59,6 +67,7 @@ impl ProxyError {
             | ProxyError::Connect { .. }
             | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamHttp { .. }
+            | ProxyError::UpstreamTimeout { .. }
             | ProxyError::NoToken { .. } => Blame::Upstream,
             ProxyError::Internal(_) => Blame::Internal,
         }
@@ -75,6 +84,7 @@ impl ProxyError {
             | ProxyError::UpstreamTls { .. }
             | ProxyError::UpstreamHttp { .. }
             | ProxyError::NoToken { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -118,7 +118,7 @@ pub async fn forward(
     }
     let upstream_upgrade = hyper::upgrade::on(&mut resp);
     let host = target.host.clone();
-    tokio::spawn(async move {
+    app.tasks.spawn(async move {
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));

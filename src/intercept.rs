@@ -18,6 +18,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::App;
 use crate::body::Body;
+use crate::conns::{self, ConnHandle};
 use crate::error::{ProxyError, io_chain, text_response};
 use crate::framing::{FramingCheck, Watched};
 use crate::host::Host;
@@ -38,6 +39,8 @@ pub struct Tunnel {
     pub client: IpAddr,
     pub target: Target,
     pub route: Option<Route>,
+    /// The client connection it runs on: busy while a request is in flight.
+    pub conn: ConnHandle,
 }
 
 pub async fn serve_tunnel<IO>(app: Arc<App>, io: IO, tunnel: Tunnel)
@@ -48,6 +51,8 @@ where
     let Some(tls) = accept(&app, io, &host).await else {
         return;
     };
+    let conn = tunnel.conn.clone();
+    let idle = app.limits.client_idle;
     let tunnel = Arc::new(tunnel);
     let framing = Arc::new(FramingCheck::default());
     let io = Watched::new(tls, framing.clone());
@@ -56,21 +61,23 @@ where
         let tunnel = tunnel.clone();
         let framing = framing.clone();
         async move {
+            let busy = tunnel.conn.busy();
             if req.version() < Version::HTTP_2
                 && let Err(e) = framing.next_request()
             {
-                return Ok::<_, Infallible>(e.into_response());
+                return Ok::<_, Infallible>(tunnel.conn.hold_until_sent(e.into_response(), busy));
             }
-            Ok(crate::handle::tunnel_request(&app, &tunnel, req).await)
+            let resp = crate::handle::tunnel_request(&app, &tunnel, req).await;
+            Ok(tunnel.conn.hold_until_sent(resp, busy))
         }
     });
-    serve_http(io, service, &host).await;
+    serve_http(io, service, &host, &conn, idle).await;
 }
 
 /// Completes the client's handshake only to answer every request with `err` (a 403 with
 /// its reason): used where a refusal happens before there is any HTTP to answer, in
 /// transparent mode. Nothing goes upstream.
-pub async fn serve_denied<IO>(app: Arc<App>, io: IO, host: Host, err: ProxyError)
+pub async fn serve_denied<IO>(app: Arc<App>, io: IO, host: Host, err: ProxyError, conn: ConnHandle)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -86,7 +93,8 @@ where
         );
         async move { Ok::<_, Infallible>(resp) }
     });
-    serve_http(tls, service, &host).await;
+    let idle = app.limits.client_idle;
+    serve_http(tls, service, &host, &conn, idle).await;
 }
 
 async fn accept<IO>(app: &App, io: IO, host: &Host) -> Option<TlsStream<IO>>
@@ -117,8 +125,9 @@ where
     }
 }
 
-/// h2 or HTTP/1.1, whichever the client speaks (ALPN or prior knowledge).
-async fn serve_http<IO, S>(io: IO, service: S, host: &Host)
+/// h2 or HTTP/1.1, whichever the client speaks (ALPN or prior knowledge), until the client
+/// leaves, the connection idles out, or it is asked to close.
+async fn serve_http<IO, S>(io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -141,10 +150,8 @@ where
         // Larger windows for h2 uploads, as upstream.
         .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
         .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .await
-    {
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = conns::serve(served, conn, idle).await {
         tracing::debug!(%host, "tunnel connection ended: {e}");
     }
 }

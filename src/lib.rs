@@ -5,10 +5,13 @@
 
 // Plain data every stage shares.
 pub mod config;
+pub mod conns;
 pub mod host;
+pub mod limits;
 pub mod secret;
 
 // listen → classify: the two entries and what they read off a connection.
+pub mod accept;
 pub mod client_hello;
 pub mod connect;
 pub mod dns;
@@ -66,6 +69,11 @@ pub struct App {
     pub resolver: Resolver,
     pub blocked: BlockedLog,
     pub metrics: crate::metrics::Metrics,
+    pub limits: crate::limits::Limits,
+    /// Every client connection: the cap, idleness, shedding and graceful close.
+    pub conns: std::sync::Arc<crate::conns::Conns>,
+    /// Owns every task spawned for a connection, so shutdown can wait for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl App {

@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
-use tracing::Instrument;
+use tokio_util::task::TaskTracker;
 
 use crate::App;
+use crate::accept::accept_loop;
 use crate::audit::BlockedLog;
 use crate::ca::CertAuthority;
 use crate::config::{Config, ConfigError, DEFAULT_CA_DIR, FALLBACK_CA_DIR, ListenAddr};
+use crate::conns::Conns;
 use crate::dns::{AnswerRecord, DnsConfig, DnsServer, NamePolicy, Upstream as DnsUpstream};
 use crate::host::Host;
 use crate::policy::{self, Policy};
@@ -27,6 +29,8 @@ use crate::upstream::{Upstream, root_store};
 const CLIENT_NAMES_REFRESH: Duration = Duration::from_secs(30);
 /// How often idle upstream connections past their limit are closed.
 const POOL_REAP_INTERVAL: Duration = Duration::from_secs(10);
+/// After the drain, how long upstream connection drivers get to close cleanly.
+const DRIVER_WIND_DOWN: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -110,15 +114,19 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         dns_config: config.dns_listen.map(|_| dns_config),
         admin: config.admin_listen,
     };
+    let tasks = TaskTracker::new();
     let app = App {
         answers,
         policy: ArcSwap::from_pointee(config.policy),
         routes: config.routes,
         ca,
-        upstream: Upstream::new(roots),
+        upstream: Upstream::new(roots, config.limits.clone(), tasks.clone()),
         resolver: Resolver::with_hosts(config.hosts),
         blocked,
         metrics: Default::default(),
+        conns: Conns::new(config.limits.max_connections),
+        limits: config.limits,
+        tasks,
     };
     Ok(Prepared {
         app: Arc::new(app),
@@ -270,10 +278,13 @@ fn local(l: &TcpListener, var: &'static str) -> Result<SocketAddr, StartupError>
     })
 }
 
-/// Binds every configured listener, serves until `shutdown` resolves, then stops accepting.
+/// Binds every configured listener and serves until `shutdown` resolves; then stops
+/// accepting and drains: requests in flight may finish within the grace period, the rest
+/// are cut. `force` (a second signal) ends the drain at once.
 pub async fn run(
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
 ) -> Result<(), StartupError> {
     let Prepared {
         app,
@@ -314,42 +325,59 @@ pub async fn run(
         ca_dir.join("ca.crt").display()
     );
 
-    let reaper = app.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(POOL_REAP_INTERVAL);
-        loop {
-            tick.tick().await;
-            reaper.upstream.reap_idle();
-        }
-    });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let reaper = app.clone();
+    let mut reaper_stop = stop_rx.clone();
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(POOL_REAP_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => reaper.upstream.reap_idle(),
+                _ = reaper_stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
     // Tests and scripts read the ports from these exact lines.
     tracing::info!("listening role=explicit addr={}", own[0]);
-    tasks.spawn(accept_loop(explicit, stop_rx.clone(), {
-        let app = app.clone();
-        move |stream, peer, _local| crate::connect::serve_client(app.clone(), stream, peer)
-    }));
+    tasks.spawn(accept_loop(
+        app.clone(),
+        explicit,
+        "explicit",
+        stop_rx.clone(),
+        {
+            let app = app.clone();
+            move |stream, peer, _local, conn| {
+                crate::connect::serve_client(app.clone(), stream, peer, conn)
+            }
+        },
+    ));
     if let Some(t) = transparent {
         let addr = local(&t, "PAUDE_PROXY_TRANSPARENT_LISTEN")?;
         tracing::info!("listening role=transparent addr={addr}");
-        let app = app.clone();
+        let app2 = app.clone();
         tasks.spawn(accept_loop(
+            app.clone(),
             t,
+            "transparent",
             stop_rx.clone(),
-            move |stream, peer, local| {
-                crate::transparent::serve_redirected(app.clone(), stream, peer, local)
+            move |stream, peer, local, conn| {
+                crate::transparent::serve_redirected(app2.clone(), stream, peer, local, conn)
             },
         ));
     }
     if let Some(a) = admin {
         let addr = local(&a, "PAUDE_PROXY_ADMIN_LISTEN")?;
         tracing::info!("listening role=admin addr={addr}");
-        let app = app.clone();
+        let app2 = app.clone();
         tasks.spawn(accept_loop(
+            app.clone(),
             a,
+            "admin",
             stop_rx.clone(),
-            move |stream, peer, _local| crate::admin::serve_admin(app.clone(), stream, peer),
+            move |stream, peer, _local, _conn| {
+                crate::admin::serve_admin(app2.clone(), stream, peer)
+            },
         ));
     }
     if let (Some((udp, tcp)), Some(dns_cfg)) = (dns, listeners.dns_config) {
@@ -375,35 +403,40 @@ pub async fn run(
         });
     }
     shutdown.await;
-    tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     while tasks.join_next().await.is_some() {}
+    tokio::select! {
+        () = drain(&app) => {}
+        () = force => tracing::warn!("second signal: exiting without waiting for requests in flight"),
+    }
     Ok(())
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, mut stop: watch::Receiver<bool>, serve: F)
-where
-    F: Fn(TcpStream, SocketAddr, SocketAddr) -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let local = listener.local_addr().ok();
-    loop {
-        tokio::select! {
-            // The guard `wait_for` returns is not Send; drop it inside the branch future.
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let local = stream.local_addr().ok().or(local).unwrap_or(peer);
-                    let span = tracing::info_span!("conn", client = %peer);
-                    tokio::spawn(serve(stream, peer, local).instrument(span));
-                }
-                // Out of file descriptors and the like: back off instead of spinning.
-                Err(e) => {
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+/// Listeners are closed: ask every connection to finish what it has in flight (HTTP/1.1
+/// closes after the current response, HTTP/2 sends GOAWAY), wait up to the grace period,
+/// then close the pool so its driver tasks end. Whatever is still running is cut when
+/// the runtime stops.
+async fn drain(app: &App) {
+    let grace = app.limits.shutdown_grace;
+    tracing::info!(
+        open = app.conns.len(),
+        "shutting down: no new connections; requests in flight have {grace:?} to finish (PAUDE_PROXY_SHUTDOWN_GRACE)"
+    );
+    app.conns.begin_shutdown();
+    let drained = tokio::time::timeout(grace, app.conns.drained())
+        .await
+        .is_ok();
+    app.upstream.close_all();
+    app.tasks.close();
+    if drained {
+        // Upstream connection drivers notice the closed pool within a moment.
+        let _ = tokio::time::timeout(DRIVER_WIND_DOWN, app.tasks.wait()).await;
+        tracing::info!("shutdown complete: every connection finished");
+    } else {
+        tracing::warn!(
+            open = app.conns.len(),
+            "shutdown grace of {grace:?} over: closing the connections still open"
+        );
     }
 }
 

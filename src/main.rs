@@ -63,7 +63,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(paude_proxy::run(prepared, shutdown_signal())) {
+    // Installed before serving: SIGHUP's default action would end the process.
+    runtime.spawn(ignore_hangups());
+    let served = runtime.block_on(paude_proxy::run(
+        prepared,
+        shutdown_signal(1),
+        shutdown_signal(2),
+    ));
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("paude-proxy: {e}");
@@ -93,14 +100,31 @@ fn init_tracing(verbose: bool) -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-async fn shutdown_signal() {
+/// Resolves at the `n`th SIGTERM or SIGINT: the first starts the drain, the second cuts it.
+async fn shutdown_signal(n: usize) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    for _ in 0..n {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+}
+
+/// SIGHUP never ends the proxy; until configuration reload exists it is only logged.
+async fn ignore_hangups() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP: it would end the process");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: ignored (the configuration is read at startup only)");
     }
 }

@@ -63,12 +63,33 @@ pub struct Facts {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {
     pub host: Host,
-    pub addr: SocketAddr,
+    pub port: u16,
+    /// Every address the check approved, in resolver order; never empty. Only these are
+    /// ever dialled (DESIGN.md §3.2), so a lookup after the check cannot move the target.
+    pub addrs: Vec<IpAddr>,
 }
 
 impl Target {
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.port
+    }
+
+    /// The approved socket addresses, for dialling.
+    pub fn socket_addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.addrs.iter().map(|ip| SocketAddr::new(*ip, self.port))
+    }
+}
+
+/// For log lines: `1.2.3.4:443` or `1.2.3.4:443,[2001:db8::1]:443`.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, a) in self.socket_addrs().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
     }
 }
 
@@ -175,10 +196,13 @@ pub fn pick_address(
     port: u16,
     addrs: &[IpAddr],
     is_local: &dyn Fn(IpAddr) -> bool,
-) -> Result<SocketAddr, DenyReason> {
+) -> Result<Vec<IpAddr>, DenyReason> {
     let mut refused = None;
+    let mut approved: Vec<IpAddr> = Vec::new();
     for ip in addrs.iter().map(|ip| ip.to_canonical()) {
         let addr = SocketAddr::new(ip, port);
+        // One address that loops back into the proxy condemns the name: its owner is
+        // pointing it at us.
         if is_own_listener(policy, addr, is_local) {
             return Err(DenyReason::ProxyLoop(addr));
         }
@@ -186,7 +210,12 @@ pub fn pick_address(
             refused.get_or_insert(ip);
             continue;
         }
-        return Ok(addr);
+        if !approved.contains(&ip) {
+            approved.push(ip);
+        }
+    }
+    if !approved.is_empty() {
+        return Ok(approved);
     }
     Err(match refused {
         Some(ip) => DenyReason::ForbiddenAddress(host.clone(), ip),
@@ -204,9 +233,10 @@ pub fn decide(
     let checked = admit(policy, facts)
         .and_then(|()| pick_address(policy, &facts.host, facts.port, addrs, is_local));
     match checked {
-        Ok(addr) => Verdict::Allow(Target {
+        Ok(addrs) => Verdict::Allow(Target {
             host: facts.host.clone(),
-            addr,
+            port: facts.port,
+            addrs,
         }),
         Err(reason) => Verdict::Deny(reason),
     }
@@ -424,16 +454,21 @@ mod tests {
                 "{a}"
             );
         }
-        // The first usable address wins; forbidden ones are skipped.
+        // Forbidden addresses are skipped; every usable one is kept, in order, once.
         assert_eq!(
             pick_address(
                 &p,
                 &h("x.com"),
                 443,
-                &[ip("127.0.0.1"), ip("8.8.8.8")],
+                &[
+                    ip("127.0.0.1"),
+                    ip("8.8.8.8"),
+                    ip("2606:4700::1111"),
+                    ip("8.8.8.8")
+                ],
                 &|_| false
             ),
-            Ok("8.8.8.8:443".parse().unwrap())
+            Ok(vec![ip("8.8.8.8"), ip("2606:4700::1111")])
         );
         assert_eq!(
             pick_address(&p, &h("x.com"), 443, &[], &|_| false),
@@ -468,7 +503,8 @@ mod tests {
             decide(&p, &f, &[ip("8.8.8.8")], &|_| false),
             Verdict::Allow(Target {
                 host: h("api.openai.com"),
-                addr: "8.8.8.8:443".parse().unwrap()
+                port: 443,
+                addrs: vec![ip("8.8.8.8")]
             })
         );
         assert!(matches!(

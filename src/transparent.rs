@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::App;
 use crate::body::Body;
 use crate::client_hello::{self, ParseError, ReadError, ReadLimits, Replay, Sni};
+use crate::conns::{self, ConnHandle};
 use crate::dns::Evidence;
 use crate::error::ProxyError;
 use crate::framing::{FramingCheck, Watched};
@@ -37,6 +38,7 @@ pub async fn serve_redirected(
     mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    conn: ConnHandle,
 ) {
     let _ = stream.set_nodelay(true);
     app.metrics.connections_transparent.inc();
@@ -66,9 +68,9 @@ pub async fn serve_redirected(
     let mut buf = Vec::new();
     let limits = ReadLimits::default();
     match client_hello::read_client_hello_into(&mut stream, &mut buf, &limits).await {
-        Ok(sni) => tls(app, Replay::new(buf, stream), client, orig, sni).await,
+        Ok(sni) => tls(app, Replay::new(buf, stream), client, orig, sni, conn).await,
         Err(ReadError::Parse(ParseError::NotTls { .. })) => {
-            plain_http(app, Replay::new(buf, stream), client, orig).await
+            plain_http(app, Replay::new(buf, stream), client, orig, conn).await
         }
         Err(e) => {
             tracing::info!(%client, dst = %orig, "refused: unusable ClientHello: {e}");
@@ -77,7 +79,14 @@ pub async fn serve_redirected(
     }
 }
 
-async fn tls(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketAddr, sni: Sni) {
+async fn tls(
+    app: Arc<App>,
+    io: Replay<TcpStream>,
+    client: IpAddr,
+    orig: SocketAddr,
+    sni: Sni,
+    conn: ConnHandle,
+) {
     let (host, no_sni) = match sni {
         Sni::Name(n) => match Host::parse(n.as_str()) {
             Ok(h) => (h, false),
@@ -108,7 +117,7 @@ async fn tls(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketA
             let err = app.deny(client, "CONNECT", &what, reason);
             // Finish the handshake and answer 403 with the reason: clearer for the agent
             // than a reset, and nothing goes upstream.
-            serve_denied(app, io, host, err).await;
+            serve_denied(app, io, host, err, conn).await;
             return;
         }
     };
@@ -121,7 +130,7 @@ async fn tls(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketA
     tracing::info!(
         %client,
         target = %what,
-        addr = %target.addr,
+        addr = %target,
         credential = route.as_ref().map(|r| r.env_var.as_str()).unwrap_or("-"),
         "allow transparent TLS"
     );
@@ -132,6 +141,7 @@ async fn tls(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketA
             client,
             target,
             route,
+            conn,
         },
     )
     .await;
@@ -142,7 +152,7 @@ async fn approve(app: &App, facts: &Facts, orig: SocketAddr) -> Result<Target, D
     let policy = app.policy.load();
     policy::admit(&policy, facts)?;
     agree(app, facts.client, &facts.host, orig.ip()).await?;
-    let addr = policy::pick_address(
+    let addrs = policy::pick_address(
         &policy,
         &facts.host,
         orig.port(),
@@ -151,7 +161,8 @@ async fn approve(app: &App, facts: &Facts, orig: SocketAddr) -> Result<Target, D
     )?;
     Ok(Target {
         host: facts.host.clone(),
-        addr,
+        port: orig.port(),
+        addrs,
     })
 }
 
@@ -173,27 +184,37 @@ async fn agree(app: &App, client: IpAddr, host: &Host, ip: IpAddr) -> Result<(),
 
 /// Cleartext HTTP (port 80 and friends): the name comes from each request's `Host` and must
 /// agree with the original destination. Never a credential.
-async fn plain_http(app: Arc<App>, io: Replay<TcpStream>, client: IpAddr, orig: SocketAddr) {
+async fn plain_http(
+    app: Arc<App>,
+    io: Replay<TcpStream>,
+    client: IpAddr,
+    orig: SocketAddr,
+    conn: ConnHandle,
+) {
     let framing = Arc::new(FramingCheck::default());
     let io = Watched::new(io, framing.clone());
+    let idle = app.limits.client_idle;
+    let handle = conn.clone();
     let service = service_fn(move |req| {
         let app = app.clone();
         let framing = framing.clone();
+        let conn = conn.clone();
         async move {
+            let busy = conn.busy();
             let resp = match framing.next_request() {
                 Ok(()) => http_request(&app, client, orig, req).await,
                 Err(e) => e.into_response(),
             };
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(conn.hold_until_sent(resp, busy))
         }
     });
-    let conn = http1::Builder::new()
+    let served = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HTTP_HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    if let Err(e) = conns::serve(served, &handle, idle).await {
         tracing::debug!(%client, "transparent HTTP connection ended: {e}");
     }
 }
@@ -225,7 +246,7 @@ async fn http_request(
             .map_err(|reason| app.deny(client, req.method().as_str(), &what, reason))?;
         headers::check_authority(&req, &target.host, target.port())?;
         headers::check_framing(&req)?;
-        tracing::info!(%client, url = %what, addr = %target.addr, "allow transparent HTTP (no credential)");
+        tracing::info!(%client, url = %what, addr = %target, "allow transparent HTTP (no credential)");
         crate::handle::forward(app, Scheme::Http, &target, None, req).await
     }
     .await;
