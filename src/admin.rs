@@ -42,7 +42,15 @@ fn answer(app: &App, req: &Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text_response(StatusCode::OK, "ok\n".into()),
         "/metrics" => {
-            let mut resp = text_response(StatusCode::OK, app.metrics.render(app.ca.minted()));
+            let live = crate::metrics::Live {
+                leaves: app.ca.minted(),
+                upstream: Some(&app.upstream.stats),
+                pooled: app.upstream.pooled() as u64,
+                open_connections: app.conns.len() as u64,
+                refused_connections: app.conns.refused.get(),
+                shed_connections: app.conns.shed.get(),
+            };
+            let mut resp = text_response(StatusCode::OK, app.metrics.render(&live));
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dns::DnsStats;
+use crate::upstream::UpstreamStats;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -33,56 +34,133 @@ impl Counter {
     }
 }
 
+/// Values that live in other parts of the proxy, read when `/metrics` is asked.
+#[derive(Debug, Default)]
+pub struct Live<'a> {
+    /// The CA's mint count.
+    pub leaves: u64,
+    pub upstream: Option<&'a UpstreamStats>,
+    pub pooled: u64,
+    pub open_connections: u64,
+    pub refused_connections: u64,
+    pub shed_connections: u64,
+}
+
 impl Metrics {
-    /// The exposition text; `leaves` is the CA's mint count.
-    pub fn render(&self, leaves: u64) -> String {
+    /// The exposition text.
+    pub fn render(&self, live: &Live<'_>) -> String {
+        let leaves = live.leaves;
         let mut out = String::new();
-        let mut counter = |name: &str, help: &str, labels: &str, value: u64| {
+        let mut metric = |kind: &str, name: &str, help: &str, labels: &str, value: u64| {
             let _ = writeln!(out, "# HELP paude_proxy_{name} {help}");
-            let _ = writeln!(out, "# TYPE paude_proxy_{name} counter");
+            let _ = writeln!(out, "# TYPE paude_proxy_{name} {kind}");
             let _ = writeln!(out, "paude_proxy_{name}{labels} {value}");
         };
-        counter(
+        metric(
+            "counter",
             "connections_total",
             "Client connections accepted.",
             "{entry=\"explicit\"}",
             self.connections_explicit.get(),
         );
-        counter(
+        metric(
+            "counter",
             "transparent_connections_total",
             "Redirected connections accepted.",
             "",
             self.connections_transparent.get(),
         );
-        counter(
+        metric(
+            "counter",
             "denied_total",
             "Requests and connections refused by the policy.",
             "",
             self.denied.get(),
         );
-        counter(
+        metric(
+            "counter",
             "requests_total",
             "Requests forwarded upstream.",
             "",
             self.requests.get(),
         );
-        counter(
+        metric(
+            "counter",
             "injected_total",
             "Requests that carried an injected credential.",
             "",
             self.injected.get(),
         );
-        counter(
+        metric(
+            "counter",
             "upstream_errors_total",
             "Upstream failures answered with 502.",
             "",
             self.upstream_errors.get(),
         );
-        counter(
+        metric(
+            "counter",
             "leaf_certificates_minted_total",
             "Leaf certificates minted.",
             "",
             leaves,
+        );
+        metric(
+            "counter",
+            "connections_refused_total",
+            "Client connections closed at once because PAUDE_PROXY_MAX_CONNECTIONS was reached.",
+            "",
+            live.refused_connections,
+        );
+        metric(
+            "counter",
+            "connections_shed_total",
+            "Idle client connections closed to free file descriptors.",
+            "",
+            live.shed_connections,
+        );
+        if let Some(u) = live.upstream {
+            for (reason, value) in [
+                ("unsent", u.retries_unsent.get()),
+                ("refused", u.retries_refused.get()),
+                ("stale", u.retries_stale.get()),
+            ] {
+                metric(
+                    "counter",
+                    "upstream_retries_total",
+                    "Requests sent again on a fresh connection, by why that was safe.",
+                    &format!("{{reason=\"{reason}\"}}"),
+                    value,
+                );
+            }
+            metric(
+                "counter",
+                "upstream_response_timeouts_total",
+                "Requests answered 504: no response head within PAUDE_PROXY_RESPONSE_HEADER_TIMEOUT.",
+                "",
+                u.response_timeouts.get(),
+            );
+            metric(
+                "counter",
+                "upstream_pool_shed_total",
+                "Pooled upstream connections closed to free file descriptors.",
+                "",
+                u.pool_evicted.get(),
+            );
+        }
+        metric(
+            "gauge",
+            "open_connections",
+            "Client connections open now.",
+            "",
+            live.open_connections,
+        );
+        metric(
+            "gauge",
+            "upstream_pooled_connections",
+            "Upstream connections in the pool now.",
+            "",
+            live.pooled,
         );
         if let Some(dns) = self.dns.get() {
             let d = dns.snapshot();
@@ -95,7 +173,8 @@ impl Metrics {
                 ("upstream_failed", d.upstream_failed),
                 ("overloaded", d.overloaded),
             ] {
-                counter(
+                metric(
+                    "counter",
                     &format!("dns_{name}_total"),
                     "Sandbox DNS server.",
                     "",
@@ -116,7 +195,10 @@ mod tests {
         let m = Metrics::default();
         m.denied.inc();
         m.denied.inc();
-        let text = m.render(3);
+        let text = m.render(&Live {
+            leaves: 3,
+            ..Live::default()
+        });
         assert!(text.contains("\npaude_proxy_denied_total 2\n"), "{text}");
         assert!(text.contains("paude_proxy_leaf_certificates_minted_total 3"));
         assert!(text.contains("# TYPE paude_proxy_requests_total counter"));
