@@ -108,29 +108,59 @@ pub struct Args {
 
     /// Seconds from sending a request upstream to its response head; past it the client
     /// gets 504 [default: 600, LLM calls are slow].
-    #[arg(long, env = "PAUDE_PROXY_RESPONSE_HEADER_TIMEOUT", default_value = "")]
+    #[arg(
+        long,
+        env = "PAUDE_PROXY_RESPONSE_HEADER_TIMEOUT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub response_header_timeout: String,
 
     /// Seconds a client connection may sit with no request in flight (HTTP/1.1 keep-alive
     /// and HTTP/2) [default: 120].
-    #[arg(long, env = "PAUDE_PROXY_CLIENT_IDLE_TIMEOUT", default_value = "")]
+    #[arg(
+        long,
+        env = "PAUDE_PROXY_CLIENT_IDLE_TIMEOUT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub client_idle_timeout: String,
 
     /// Seconds an unused pooled upstream connection is kept [default: 50].
-    #[arg(long, env = "PAUDE_PROXY_UPSTREAM_IDLE_TIMEOUT", default_value = "")]
+    #[arg(
+        long,
+        env = "PAUDE_PROXY_UPSTREAM_IDLE_TIMEOUT",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub upstream_idle_timeout: String,
 
     /// Idle pooled upstream connections kept, all destinations together [default: 512].
-    #[arg(long, env = "PAUDE_PROXY_MAX_IDLE_UPSTREAM", default_value = "")]
+    #[arg(
+        long,
+        env = "PAUDE_PROXY_MAX_IDLE_UPSTREAM",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub max_idle_upstream: String,
 
     /// Concurrent client connections; the excess is closed at once [default: 10000].
-    #[arg(long, env = "PAUDE_PROXY_MAX_CONNECTIONS", default_value = "")]
+    #[arg(
+        long,
+        env = "PAUDE_PROXY_MAX_CONNECTIONS",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub max_connections: String,
 
     /// Seconds that requests in flight may take to finish after SIGTERM/SIGINT; a second
     /// signal exits at once [default: 10].
-    #[arg(long, env = "PAUDE_PROXY_SHUTDOWN_GRACE", default_value = "")]
+    #[arg(
+        long,
+        env = "PAUDE_PROXY_SHUTDOWN_GRACE",
+        default_value = "",
+        hide_default_value = true
+    )]
     pub shutdown_grace: String,
 
     /// Validate the configuration, print a summary and exit.
