@@ -318,7 +318,6 @@ pub async fn run(
     update_policy(&app, |p| p.own_listeners.extend(own.iter().copied()));
     if !client_names.is_empty() {
         refresh_client_names(&app, &client_names, &[]).await;
-        tokio::spawn(client_names_loop(app.clone(), client_names));
     }
     tracing::info!(
         "CA certificate for clients: {}",
@@ -338,6 +337,16 @@ pub async fn run(
             }
         }
     });
+    if !client_names.is_empty() {
+        let mut names_stop = stop_rx.clone();
+        let names_app = app.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                () = client_names_loop(names_app, client_names) => {}
+                _ = names_stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
     // Tests and scripts read the ports from these exact lines.
     tracing::info!("listening role=explicit addr={}", own[0]);
     tasks.spawn(accept_loop(
