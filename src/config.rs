@@ -132,6 +132,8 @@ pub enum Command {
 pub enum StubKind {
     /// Google Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS=<file>).
     Adc,
+    /// Claude Code's `~/.claude/.credentials.json` (for ANTHROPIC_OAUTH_CREDS_FILE).
+    Claude,
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.

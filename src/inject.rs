@@ -750,4 +750,129 @@ mod tests {
         assert!(!err.contains("sk-secret"), "{err}");
         assert!(err.contains("BAD"));
     }
+
+    fn headers(list: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in list {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn matchers_choose_per_request() {
+        let json = r#"{"credentials":[
+            {"env_var":"A","injector":"bearer","params":{"path_prefix":"/backend-api"},"domains":["chat.test"]},
+            {"env_var":"B","injector":"bearer","params":{"methods":["post"]},"domains":["chat.test"]},
+            {"env_var":"C","injector":"api_key","params":{"header_name":"x-api-key","require_client_header":true},"domains":[".cdn.test"]},
+            {"env_var":"D","injector":"bearer","domains":["chat.test"]}]}"#;
+        let r = Routes::from_json(json, &|_| Some("sk-value".into())).unwrap();
+        let none = headers(&[]);
+        let key = headers(&[("X-Api-Key", "dummy")]);
+        let table: &[(&str, Method, &str, &HeaderMap, Option<&str>)] = &[
+            ("chat.test", Method::GET, "/backend-api", &none, Some("A")),
+            (
+                "chat.test",
+                Method::GET,
+                "/backend-api/x?y",
+                &none,
+                Some("A"),
+            ),
+            ("chat.test", Method::GET, "/backend-api?y", &none, Some("A")),
+            ("chat.test", Method::GET, "/backend-apix", &none, Some("D")),
+            ("chat.test", Method::POST, "/other", &none, Some("B")),
+            ("chat.test", Method::GET, "/other", &none, Some("D")),
+            ("dl.cdn.test", Method::GET, "/", &none, None),
+            ("dl.cdn.test", Method::GET, "/", &key, Some("C")),
+            (
+                "chat.test.evil.test",
+                Method::GET,
+                "/backend-api",
+                &none,
+                None,
+            ),
+        ];
+        for (host, method, path, hdrs, want) in table {
+            let got = r
+                .select(&h(host), method, path, hdrs)
+                .map(|r| r.env_var.as_str());
+            assert_eq!(got, *want, "{method} {host}{path}");
+        }
+        // The allowed-names filter: a route the caller may not use is passed over.
+        let got = r
+            .select_among(&h("chat.test"), &Method::GET, "/backend-api", &none, |v| {
+                v != "A"
+            })
+            .map(|r| r.env_var.as_str());
+        assert_eq!(got, Some("D"));
+    }
+
+    #[test]
+    fn an_api_key_route_owns_both_headers_and_answers_in_the_clients_form() {
+        let r = Routes::from_json(DEFAULT_CREDENTIALS_JSON, &env).unwrap();
+        let route = find(&r, "api.anthropic.com").unwrap();
+        type Sent<'a> = &'a [(&'a str, &'a str)];
+        let cases: &[(Sent, &str, &str)] = &[
+            (
+                &[("authorization", "Bearer paude-proxy-managed")],
+                "authorization",
+                "Bearer sk-ant",
+            ),
+            (
+                &[("x-api-key", "paude-proxy-managed")],
+                "x-api-key",
+                "sk-ant",
+            ),
+            (
+                &[
+                    ("x-api-key", "dummy"),
+                    ("Authorization", "Bearer dummy"),
+                    ("authorization", "Bearer d2"),
+                ],
+                "x-api-key",
+                "sk-ant",
+            ),
+            (&[], "x-api-key", "sk-ant"),
+        ];
+        for (sent, header, value) in cases {
+            let mut hd = headers(sent);
+            apply(route, &mut hd);
+            let owned: Vec<(String, String)> = ["x-api-key", "authorization"]
+                .iter()
+                .flat_map(|n| {
+                    hd.get_all(*n)
+                        .iter()
+                        .map(|v| (n.to_string(), v.to_str().unwrap().to_string()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            assert_eq!(
+                owned,
+                vec![(header.to_string(), value.to_string())],
+                "{sent:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dead_routes_are_found() {
+        let json = r#"{"credentials":[
+            {"env_var":"WIDE","injector":"bearer","domains":[".a.test"]},
+            {"env_var":"NARROW","injector":"bearer","domains":["api.a.test"]},
+            {"env_var":"PATHED","injector":"bearer","params":{"path_prefix":"/x"},"domains":["b.test"]},
+            {"env_var":"AFTER_PATHED","injector":"bearer","domains":["b.test"]},
+            {"env_var":"PARTLY","injector":"bearer","domains":["api.a.test","c.test"]}]}"#;
+        let r = Routes::from_json(json, &|_| Some("sk-value".into())).unwrap();
+        assert_eq!(r.dead(), vec![("NARROW".to_string(), "WIDE".to_string())]);
+        // The embedded table has none with every value credential set but the OAuth file.
+        let all = Routes::from_json(DEFAULT_CREDENTIALS_JSON, &|k| {
+            (k.ends_with("_KEY") || k == "GH_TOKEN" || k == "CLAUDE_CODE_OAUTH_TOKEN")
+                .then(|| "sk-value-0123456789".to_string())
+        })
+        .unwrap();
+        assert_eq!(all.dead(), vec![]);
+    }
 }

@@ -145,9 +145,18 @@ pub fn check(config: &Config) -> Result<String, ConfigError> {
         value: dir.display().to_string(),
         problem: e.to_string(),
     })?;
-    let routes: Vec<&str> = config.routes.iter().map(|r| r.env_var.as_str()).collect();
+    let mut routes: Vec<&str> = config.routes.iter().map(|r| r.env_var.as_str()).collect();
+    routes.dedup();
+    let dead: String = config
+        .routes
+        .dead()
+        .iter()
+        .map(|(dead, winner)| {
+            format!("; route {dead} can never match: {winner} comes first and always wins")
+        })
+        .collect();
     Ok(format!(
-        "configuration OK: CA {} {}; credentials available: {}",
+        "configuration OK: CA {} {}; credentials available: {}{dead}",
         if exists {
             "valid in"
         } else {

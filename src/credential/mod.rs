@@ -6,6 +6,7 @@
 //!   [`fetch::Fetch`], one fetch at a time, refreshed before expiry and after a `401`.
 
 pub mod fetch;
+pub mod file;
 pub mod token;
 
 use std::sync::Arc;

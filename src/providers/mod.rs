@@ -6,6 +6,7 @@
 //! from the environment, and what it yields: a [`Source`] for the routes, [`Vendor`]s for
 //! the answers the proxy gives itself, a summary line for the startup log.
 
+pub mod anthropic;
 pub mod google;
 
 use std::sync::Arc;
@@ -36,7 +37,7 @@ pub struct Kind {
 }
 
 /// Every provider injector kind.
-const KINDS: &[Kind] = &[google::KIND];
+const KINDS: &[Kind] = &[google::KIND, anthropic::KIND];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -50,5 +51,6 @@ pub fn names() -> Vec<&'static str> {
 pub fn stub(which: StubKind) -> String {
     match which {
         StubKind::Adc => google::stub::json(),
+        StubKind::Claude => anthropic::stub::json(),
     }
 }
