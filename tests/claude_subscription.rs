@@ -389,7 +389,8 @@ async fn the_api_key_route_owns_both_headers_over_h1_and_h2() {
         .secret("ANTHROPIC_API_KEY", &key)
         .spawn();
     let dummy_bearer = format!("Bearer {PLACEHOLDER}");
-    let cases: Vec<(Vec<(&str, &str)>, (&str, String))> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, (&'a str, String));
+    let cases: Vec<Case> = vec![
         (
             vec![("authorization", &dummy_bearer)],
             ("authorization", format!("Bearer {key}")),
