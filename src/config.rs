@@ -134,6 +134,8 @@ pub enum StubKind {
     Adc,
     /// Claude Code's `~/.claude/.credentials.json` (for ANTHROPIC_OAUTH_CREDS_FILE).
     Claude,
+    /// Codex's `~/.codex/auth.json` after a ChatGPT sign-in (for CHATGPT_AUTH_FILE).
+    Codex,
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.

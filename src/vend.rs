@@ -137,6 +137,21 @@ pub async fn read_grant(req: Request<Incoming>) -> Option<bytes::Bytes> {
         .map(|c| c.to_bytes())
 }
 
+/// Reads a whole body of at most `max` bytes (an upstream's token answer).
+pub async fn read_limited(mut body: Body, max: usize) -> Result<bytes::Bytes, String> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("unreadable: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > max {
+                return Err(format!("larger than {max} bytes"));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
 /// A JSON answer that must not be cached.
 pub fn json_response(status: http::StatusCode, json: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut resp = Response::new(body::full(json));

@@ -8,6 +8,7 @@
 
 pub mod anthropic;
 pub mod google;
+pub mod openai;
 
 use std::sync::Arc;
 
@@ -37,7 +38,7 @@ pub struct Kind {
 }
 
 /// Every provider injector kind.
-const KINDS: &[Kind] = &[google::KIND, anthropic::KIND];
+const KINDS: &[Kind] = &[google::KIND, anthropic::KIND, openai::KIND];
 
 pub fn kind(name: &str) -> Option<&'static Kind> {
     KINDS.iter().find(|k| k.name == name)
@@ -52,5 +53,6 @@ pub fn stub(which: StubKind) -> String {
     match which {
         StubKind::Adc => google::stub::json(),
         StubKind::Claude => anthropic::stub::json(),
+        StubKind::Codex => openai::stub::json(),
     }
 }
