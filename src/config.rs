@@ -175,8 +175,25 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Print the stub Google Application Default Credentials JSON that the agent should
-    /// hold (GOOGLE_APPLICATION_CREDENTIALS=<file>), and exit.
+    /// hold (GOOGLE_APPLICATION_CREDENTIALS=<file>), and exit. Same as `stub adc`.
     StubAdc,
+    /// Print the placeholder credentials file an agent should hold instead of the real one,
+    /// and exit.
+    Stub {
+        #[arg(value_enum)]
+        which: StubKind,
+    },
+}
+
+/// The stub files `paude-proxy stub` prints.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StubKind {
+    /// Google Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS=<file>).
+    Adc,
+    /// Claude Code's `~/.claude/.credentials.json` (for ANTHROPIC_OAUTH_CREDS_FILE).
+    Claude,
+    /// Codex's `~/.codex/auth.json` after a ChatGPT sign-in (for CHATGPT_AUTH_FILE).
+    Codex,
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.

@@ -21,10 +21,11 @@ use crate::error::ProxyError;
 use crate::framing::{FramingCheck, Watched};
 use crate::headers;
 use crate::host::{Host, parse_authority};
-use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_tunnel};
+use crate::intercept::{Credentials, MAX_HEAD_BYTES, Tunnel, serve_tunnel};
 use crate::policy::{self, Entry, Facts, Target};
 use crate::resolve::is_local_addr;
 use crate::upstream::Scheme;
+use crate::vend::{Ctx, Via};
 
 /// The first request head (CONNECT line or absolute-URI request) must arrive in this time.
 const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -173,12 +174,11 @@ async fn connect(
         entry: Entry::Tls,
     };
     let target = approve(app, facts, "CONNECT", &what).await?;
-    let route = app.routes.find(&target.host).cloned();
     tracing::info!(
         %client,
         target = %what,
         addr = %target,
-        credential = route.as_ref().map(|r| r.env_var.as_str()).unwrap_or("-"),
+        credential = app.routes.serves(&target.host).unwrap_or("-"),
         "allow CONNECT"
     );
     let upgrade = hyper::upgrade::on(&mut req);
@@ -190,7 +190,7 @@ async fn connect(
                 let tunnel = Tunnel {
                     client,
                     target,
-                    route,
+                    credentials: Credentials::Eligible,
                     conn,
                 };
                 serve_tunnel(app, TokioIo::new(upgraded), tunnel).await;
@@ -212,11 +212,21 @@ async fn plain_http(
     host: Host,
     port: u16,
 ) -> Result<Response<Body>, ProxyError> {
-    // The emulated metadata server answers before the SSRF guard would refuse
-    // 169.254.169.254; nothing is forwarded.
-    if let Some(resp) = crate::gcloud::metadata::intercept(app, &host, port, &req) {
-        return Ok(resp);
-    }
+    // Answers the proxy gives itself (the emulated metadata server) come before the SSRF
+    // guard would refuse 169.254.169.254; nothing is forwarded.
+    let ctx = Ctx {
+        upstream: &app.upstream,
+        target: None,
+    };
+    let req = match app
+        .routes
+        .vendors
+        .answer(ctx, Via::PlainHttp, &host, port, req)
+        .await
+    {
+        Ok(answered) => return answered,
+        Err(req) => req,
+    };
     let what = req.uri().to_string();
     let method = req.method().clone();
     let facts = Facts {
@@ -229,5 +239,5 @@ async fn plain_http(
     headers::check_authority(&req, &target.host, port)?;
     headers::check_framing(&req)?;
     tracing::info!(%client, url = %what, addr = %target, "allow plain HTTP (no credential)");
-    crate::handle::forward(app, Scheme::Http, &target, None, req).await
+    crate::forward::forward(app, Scheme::Http, &target, None, req).await
 }

@@ -48,10 +48,21 @@ pub enum ProxyError {
         host: String,
         after: std::time::Duration,
     },
-    /// No access token for a gcloud route (token endpoint down, credential revoked, ...).
-    /// `detail` never holds a secret: it is built from fetch errors, not token values.
-    #[error("no Google access token for {credential}: {detail}")]
-    NoToken { credential: String, detail: String },
+    /// No access token for a refreshing route (token endpoint down, credential revoked,
+    /// ...). `label` names whose token ("Google"). `detail` never holds a secret: it is
+    /// built from fetch errors, not token values.
+    #[error("no {label} access token for {credential}: {detail}")]
+    NoToken {
+        label: &'static str,
+        credential: String,
+        detail: String,
+    },
+    /// Nobody has signed in yet (the credentials file does not exist): a `401`, so the
+    /// agent prompts for a login instead of reporting a broken gateway.
+    #[error(
+        "not signed in: {credential} ({detail}); sign in on the host, the proxy picks the credential up without a restart"
+    )]
+    NotSignedIn { credential: String, detail: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -62,7 +73,8 @@ impl ProxyError {
             ProxyError::Denied(_)
             | ProxyError::BadRequest(_)
             | ProxyError::Misdirected(_)
-            | ProxyError::MethodNotAllowed(_) => Blame::Client,
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::NotSignedIn { .. } => Blame::Client,
             ProxyError::Resolve { .. }
             | ProxyError::Connect { .. }
             | ProxyError::UpstreamTls { .. }
@@ -79,6 +91,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NotSignedIn { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Resolve { .. }
             | ProxyError::Connect { .. }
             | ProxyError::UpstreamTls { .. }

@@ -22,7 +22,6 @@ use crate::conns::{self, ConnHandle};
 use crate::error::{ProxyError, io_chain, text_response};
 use crate::framing::{FramingCheck, Watched};
 use crate::host::Host;
-use crate::inject::Route;
 use crate::policy::Target;
 
 /// The client's TLS handshake with our leaf must finish in this time.
@@ -33,14 +32,23 @@ const TUNNEL_HEAD_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_H2_STREAMS: u32 = 256;
 
-/// An approved, intercepted connection: who it is from, where it may go, which credential
-/// (if any) belongs to that destination.
+/// An approved, intercepted connection: who it is from, where it may go, and whether its
+/// requests may get a credential (each request picks its route).
 pub struct Tunnel {
     pub client: IpAddr,
     pub target: Target,
-    pub route: Option<Route>,
+    pub credentials: Credentials,
     /// The client connection it runs on: busy while a request is in flight.
     pub conn: ConnHandle,
+}
+
+/// Whether requests in a tunnel may get a credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// The tunnel's name was verified (CONNECT authority or SNI): routes apply.
+    Eligible,
+    /// No name TLS verification could check (a bare IP without SNI): never.
+    Never,
 }
 
 pub async fn serve_tunnel<IO>(app: Arc<App>, io: IO, tunnel: Tunnel)

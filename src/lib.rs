@@ -23,15 +23,18 @@ pub mod transparent;
 pub mod policy;
 pub mod resolve;
 
-// terminate TLS → handle request: checks, credentials, answers we give ourselves.
+// terminate TLS → handle request: checks, answers we give ourselves, credentials, forward.
 pub mod ca;
+pub mod credential;
+pub mod forward;
 pub mod framing;
-pub mod gcloud;
 pub mod handle;
 pub mod headers;
 pub mod inject;
 pub mod intercept;
+pub mod providers;
 pub mod scrub;
+pub mod vend;
 
 // upstream.
 pub mod upstream;

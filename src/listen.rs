@@ -77,14 +77,17 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
             "upstream trust: no root certificates; every upstream will fail verification (install ca-certificates or set PAUDE_PROXY_UPSTREAM_CA)"
         );
     }
-    if let Some(g) = config.routes.gcloud() {
-        tracing::info!("{}", g.summary());
+    for line in &config.routes.summaries {
+        tracing::info!("{line}");
     }
     for (var, why) in &config.routes.skipped {
         tracing::warn!(credential = %var, "credential unavailable: {why}");
     }
     for r in config.routes.iter() {
-        tracing::info!(credential = %r.env_var, header = %r.header, "credential route loaded");
+        tracing::info!(credential = %r.env_var, header = %r.injector.header, "credential route loaded");
+    }
+    for (dead, winner) in config.routes.dead() {
+        tracing::warn!(credential = %dead, "credential route can never match: {winner} comes first and always wins");
     }
     let dns_config = DnsConfig {
         upstream: match config.dns_upstream.as_slice() {
@@ -92,15 +95,9 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
             servers => DnsUpstream::Servers(servers.to_vec()),
         },
         hosts_file: config.hosts_file.clone(),
-        // With a gcloud credential the proxy emulates the GCE metadata server, so the
-        // sandbox must find it by name; the connection then reaches the proxy anyway.
-        pinned: match config.routes.gcloud() {
-            Some(_) => vec![(
-                crate::gcloud::metadata::METADATA_HOST.to_string(),
-                std::net::IpAddr::V4(crate::gcloud::metadata::METADATA_IP),
-            )],
-            None => Vec::new(),
-        },
+        // Answers the proxy gives itself may need their names found by the sandbox (the
+        // metadata server); the connection then reaches the proxy anyway.
+        pinned: config.routes.vendors.pinned(),
         ..DnsConfig::default()
     };
     let answers = Arc::new(AnswerRecord::new(
@@ -156,9 +153,18 @@ pub fn check(config: &Config) -> Result<String, ConfigError> {
         value: dir.display().to_string(),
         problem: e.to_string(),
     })?;
-    let routes: Vec<&str> = config.routes.iter().map(|r| r.env_var.as_str()).collect();
+    let mut routes: Vec<&str> = config.routes.iter().map(|r| r.env_var.as_str()).collect();
+    routes.dedup();
+    let dead: String = config
+        .routes
+        .dead()
+        .iter()
+        .map(|(dead, winner)| {
+            format!("; route {dead} can never match: {winner} comes first and always wins")
+        })
+        .collect();
     Ok(format!(
-        "configuration OK: CA {} {}; credentials available: {}",
+        "configuration OK: CA {} {}; credentials available: {}{dead}",
         if exists {
             "valid in"
         } else {
@@ -454,8 +460,7 @@ struct SandboxNames(Arc<App>);
 
 impl NamePolicy for SandboxNames {
     fn allows(&self, name: &str) -> bool {
-        let emulated =
-            name == crate::gcloud::metadata::METADATA_HOST && self.0.routes.gcloud().is_some();
+        let emulated = self.0.routes.vendors.pins(name);
         emulated
             || Host::parse(name).is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), &h))
     }

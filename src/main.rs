@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use paude_proxy::config::{Args, Command, Config};
+use paude_proxy::config::{Args, Command, Config, StubKind};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc hands freed pages back to the kernel within milliseconds; glibc's malloc kept
@@ -25,9 +25,16 @@ fn main() -> ExitCode {
         }
     };
     // Subcommands need no configuration: a broken proxy setup must not stop them.
-    if let Some(Command::StubAdc) = args.command {
-        print!("{}", paude_proxy::gcloud::stub::json());
-        return ExitCode::SUCCESS;
+    match args.command {
+        Some(Command::StubAdc) => {
+            print!("{}", paude_proxy::providers::stub(StubKind::Adc));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Stub { which }) => {
+            print!("{}", paude_proxy::providers::stub(which));
+            return ExitCode::SUCCESS;
+        }
+        None => {}
     }
     let env = |k: &str| std::env::var(k).ok();
     let config = match Config::from_args(args, &env) {

@@ -24,11 +24,12 @@ use crate::error::ProxyError;
 use crate::framing::{FramingCheck, Watched};
 use crate::headers;
 use crate::host::{Host, parse_authority};
-use crate::intercept::{MAX_HEAD_BYTES, Tunnel, serve_denied, serve_tunnel};
+use crate::intercept::{Credentials, MAX_HEAD_BYTES, Tunnel, serve_denied, serve_tunnel};
 use crate::orig_dst::original_dst;
 use crate::policy::{self, DenyReason, Entry, Facts, Target};
 use crate::resolve::is_local_addr;
 use crate::upstream::Scheme;
+use crate::vend::{Ctx, Via};
 
 /// Plain HTTP on a redirected connection: the request head must arrive in this time.
 const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -122,16 +123,19 @@ async fn tls(
         }
     };
     // Credentials need a name that TLS verification can check; a bare IP gets none.
-    let route = if no_sni {
-        None
+    let credentials = if no_sni {
+        Credentials::Never
     } else {
-        app.routes.find(&target.host).cloned()
+        Credentials::Eligible
     };
     tracing::info!(
         %client,
         target = %what,
         addr = %target,
-        credential = route.as_ref().map(|r| r.env_var.as_str()).unwrap_or("-"),
+        credential = match credentials {
+            Credentials::Eligible => app.routes.serves(&target.host).unwrap_or("-"),
+            Credentials::Never => "-",
+        },
         "allow transparent TLS"
     );
     serve_tunnel(
@@ -140,7 +144,7 @@ async fn tls(
         Tunnel {
             client,
             target,
-            route,
+            credentials,
             conn,
         },
     )
@@ -233,11 +237,13 @@ async fn http_request(
             .ok_or_else(|| ProxyError::BadRequest("a Host header is required".into()))?;
         let (host, _) = parse_authority(raw, Some(orig.port()))
             .map_err(|e| ProxyError::BadRequest(format!("bad Host '{raw}': {e}")))?;
-        // The emulated metadata server answers before the SSRF guard would refuse
-        // 169.254.169.254; nothing is forwarded.
-        if let Some(resp) = crate::gcloud::metadata::intercept(app, &host, orig.port(), &req) {
-            return Ok(resp);
-        }
+        // Answers the proxy gives itself (the emulated metadata server) come before the
+        // SSRF guard would refuse 169.254.169.254; nothing is forwarded.
+        let ctx = Ctx { upstream: &app.upstream, target: None };
+        let req = match app.routes.vendors.answer(ctx, Via::PlainHttp, &host, orig.port(), req).await {
+            Ok(answered) => return answered,
+            Err(req) => req,
+        };
         // As squid writes it: the URL the client meant, without a default `:80`.
         let what = format!("http://{}{}", host.authority(orig.port(), 80), req.uri());
         let facts = Facts { client, host, port: orig.port(), entry: Entry::PlainHttp };
@@ -247,7 +253,7 @@ async fn http_request(
         headers::check_authority(&req, &target.host, target.port())?;
         headers::check_framing(&req)?;
         tracing::info!(%client, url = %what, addr = %target, "allow transparent HTTP (no credential)");
-        crate::handle::forward(app, Scheme::Http, &target, None, req).await
+        crate::forward::forward(app, Scheme::Http, &target, None, req).await
     }
     .await;
     result.unwrap_or_else(ProxyError::into_response)

@@ -19,8 +19,8 @@ use support::proxy::Proxy;
 use support::secrets::random_hex;
 
 /// What the proxy logs (debug) for each request that must wait for a token fetch; see
-/// `paude_proxy::gcloud::token::WAITING_FOR_FETCH`.
-const WAITING_LINE: &str = paude_proxy::gcloud::token::WAITING_FOR_FETCH;
+/// `paude_proxy::credential::token::WAITING_FOR_FETCH`.
+const WAITING_LINE: &str = paude_proxy::credential::token::WAITING_FOR_FETCH;
 
 const GENERATE_PATH: &str = "/v1/projects/paude-test-project/locations/us-central1/publishers/google/models/gemini:generateContent";
 

@@ -62,8 +62,8 @@ pub struct DnsConfig {
     /// `PAUDE_PROXY_HOSTS_FILE` (/etc/hosts format). Consulted first; a name listed here is
     /// answered only from here and never asked upstream. An unreadable file is a startup error.
     pub hosts_file: Option<PathBuf>,
-    /// Names the proxy itself answers for, ahead of every hosts file (the emulated GCE
-    /// metadata server's `metadata.google.internal`).
+    /// Names the proxy itself answers for, ahead of every hosts file (what the vendors pin,
+    /// such as an emulated metadata server's name).
     pub pinned: Vec<(String, IpAddr)>,
 }
 

@@ -3,21 +3,15 @@
 //! placeholder token (the real one is injected later, per request), so the agent never
 //! holds even a short-lived real token and nothing about the stub reaches Google.
 
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::App;
-use crate::body::{self, Body};
 use crate::host::Host;
+use crate::vend::{Ask, Ctx, VendFuture, Vendor, Via, json_response, read_grant};
 
 /// The exact answer to a vended token request.
 pub const VENDED_TOKEN_JSON: &str =
     r#"{"access_token":"paude-proxy-managed","expires_in":3600,"token_type":"Bearer"}"#;
-
-/// The stub's grant is a few hundred bytes; a client sending more is not a token request
-/// worth reading to the end (hyper then closes the connection instead of reusing it).
-const MAX_GRANT_BYTES: usize = 64 * 1024;
 
 /// The OAuth token endpoints Google's libraries use: `oauth2.googleapis.com/token`
 /// (current libraries) and `accounts.google.com/o/oauth2/token` (older and authorized-user
@@ -30,38 +24,27 @@ pub fn is_token_request(host: &Host, method: &Method, path: &str) -> bool {
         )
 }
 
-/// Answers `req` when it is a token request and a gcloud credential is configured;
-/// otherwise hands the request back for normal forwarding.
-pub async fn try_vend(
-    app: &App,
-    host: &Host,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Request<Incoming>> {
-    if app.routes.gcloud().is_none() || !is_token_request(host, req.method(), req.uri().path()) {
-        return Err(req);
-    }
-    // Read (and discard) the grant so the connection can carry the next request; it holds
-    // only the stub's placeholder values.
-    let _ = Limited::new(req.into_body(), MAX_GRANT_BYTES)
-        .collect()
-        .await;
-    tracing::info!(%host, "vended a placeholder token (the real token is injected per request)");
-    Ok(vended_response())
-}
+/// Answers Google token requests with a placeholder (present only when a gcloud credential
+/// is configured).
+pub struct TokenVendor;
 
-pub fn vended_response() -> Response<Body> {
-    let mut resp = Response::new(body::full(VENDED_TOKEN_JSON));
-    *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    resp
+impl Vendor for TokenVendor {
+    fn name(&self) -> &'static str {
+        "Google token vending"
+    }
+
+    fn claims(&self, ask: &Ask<'_>) -> bool {
+        ask.via == Via::Tls && is_token_request(ask.host, ask.method, ask.path)
+    }
+
+    fn answer<'a>(&'a self, _ctx: Ctx<'a>, req: Request<Incoming>) -> VendFuture<'a> {
+        Box::pin(async move {
+            // Read (and discard) the grant so the connection can carry the next request; it
+            // holds only the stub's placeholder values.
+            let _ = read_grant(req).await;
+            Ok(json_response(StatusCode::OK, VENDED_TOKEN_JSON))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -105,7 +88,7 @@ mod tests {
     #[test]
     fn the_vended_json_is_a_placeholder() {
         let v: serde_json::Value = serde_json::from_str(VENDED_TOKEN_JSON).unwrap();
-        assert_eq!(v["access_token"], crate::gcloud::PLACEHOLDER_TOKEN);
+        assert_eq!(v["access_token"], crate::credential::PLACEHOLDER_TOKEN);
         assert_eq!(v["expires_in"], 3600);
         assert_eq!(v["token_type"], "Bearer");
     }

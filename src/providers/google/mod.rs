@@ -3,9 +3,8 @@
 //!
 //! - [`adc`] reads the real ADC (`GCP_ADC_JSON` inline, else the `GOOGLE_APPLICATION_CREDENTIALS`
 //!   path) once at startup;
-//! - [`fetch`] turns it into access tokens (`gcp_auth` for service accounts);
-//! - [`token`] caches them, one fetch at a time, and refreshes on demand;
-//! - [`retry`] forwards a request with the real token and retries once after a `401`;
+//! - [`fetch`] turns it into access tokens (`gcp_auth` for service accounts), which the
+//!   neutral [`crate::credential::TokenSource`] caches and refreshes;
 //! - [`vend`] answers the agent's own OAuth token requests with a placeholder;
 //! - [`metadata`] emulates the GCE metadata server for clients that ask it directly;
 //! - [`stub`] is the ADC file the agent holds.
@@ -13,23 +12,26 @@
 pub mod adc;
 pub mod fetch;
 pub mod metadata;
-pub mod retry;
 pub mod stub;
-pub mod token;
 pub mod vend;
 
 use std::fmt;
+use std::sync::Arc;
 
-use crate::gcloud::adc::{Adc, AdcKind};
-use crate::gcloud::token::TokenSource;
+pub use crate::credential::PLACEHOLDER_TOKEN;
+use crate::credential::{Holds, Source, TokenSource};
+use crate::providers::google::adc::{Adc, AdcKind};
+use crate::providers::{Kind, Loaded};
 
-/// What the agent holds wherever a Google token would be: in the stub ADC, in vended
-/// tokens, in metadata answers. The proxy never injects a token that looks like this.
-pub const PLACEHOLDER_TOKEN: &str = "paude-proxy-managed";
+/// The routing table's name for this provider.
+pub const KIND: Kind = Kind {
+    name: "gcloud",
+    holds: Holds::Path,
+    load,
+};
 
-/// Real Google access tokens are far longer (ya29.… is 100+ characters); anything shorter
-/// than this is a stub or a test value that must not be sent upstream as a credential.
-pub const MIN_TOKEN_LEN: usize = 20;
+/// Token sources name whose tokens they hold in their log lines and errors.
+const LABEL: &str = "Google";
 
 /// The scope requested for service-account tokens: what Vertex AI and most APIs need.
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -45,7 +47,7 @@ pub struct GcloudCredential {
     pub project_id: Option<String>,
     /// `service account <email>` or `authorized user`: no secret.
     pub account: String,
-    pub tokens: TokenSource,
+    pub tokens: Arc<TokenSource>,
 }
 
 impl fmt::Debug for GcloudCredential {
@@ -93,7 +95,7 @@ impl GcloudCredential {
             origin,
             project_id: adc.project_id.clone(),
             account,
-            tokens: TokenSource::new(fetcher),
+            tokens: Arc::new(TokenSource::new(LABEL, fetcher)),
         })
     }
 
@@ -109,26 +111,28 @@ impl GcloudCredential {
     }
 }
 
-/// True for values the agent holds instead of a token (and for any token too short to be
-/// a real one).
-pub fn looks_like_placeholder(token: &str) -> bool {
-    token.trim() == PLACEHOLDER_TOKEN || token.trim().len() < MIN_TOKEN_LEN
+/// The provider's loader: the token source for the routes, and two vendors (token
+/// vending, the metadata server).
+fn load(env_var: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Loaded>, String> {
+    let Some(credential) = GcloudCredential::from_env(env_var, env)? else {
+        return Ok(None);
+    };
+    let credential = Arc::new(credential);
+    Ok(Some(Loaded {
+        source: Source::Refreshing(credential.tokens.clone()),
+        summary: credential.summary(),
+        vendors: vec![
+            Arc::new(vend::TokenVendor),
+            Arc::new(metadata::MetadataServer {
+                project_id: credential.project_id.clone(),
+            }),
+        ],
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_are_recognised() {
-        assert!(looks_like_placeholder("paude-proxy-managed"));
-        assert!(looks_like_placeholder(" paude-proxy-managed "));
-        assert!(looks_like_placeholder("ya29.short"));
-        assert!(looks_like_placeholder(""));
-        assert!(!looks_like_placeholder(
-            "ya29.a0AfH6SMBx-a-realistic-looking-token"
-        ));
-    }
 
     #[test]
     fn nothing_set_skips_the_route() {
@@ -153,31 +157,28 @@ mod tests {
     fn the_default_table_routes_googleapis_to_the_gcloud_credential() {
         use crate::host::Host;
         use crate::inject::{DEFAULT_CREDENTIALS_JSON, Routes};
-        use http::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+        use http::header::{AUTHORIZATION, HeaderMap};
 
         let inline = r#"{"type":"authorized_user","client_id":"c","client_secret":"csecret-value","refresh_token":"rtoken-value"}"#;
         let routes = Routes::from_json(DEFAULT_CREDENTIALS_JSON, &|k| {
             (k == INLINE_ADC_VAR).then(|| inline.to_string())
         })
         .unwrap();
-        assert!(routes.gcloud().is_some());
+        assert_eq!(routes.vendors.iter().count(), 2);
         let h = |s: &str| Host::parse(s).unwrap();
-        let route = routes
-            .find(&h("us-central1-aiplatform.googleapis.com"))
-            .unwrap();
-        assert!(route.gcloud().is_some());
-        assert!(routes.find(&h("googleapis.com.evil.com")).is_none());
-        // The synchronous path can only drop the client's value; `inject` sets the token.
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer paude-proxy-managed"),
+        let find = |host: &str| {
+            routes
+                .select(&h(host), &http::Method::POST, "/v1/x", &HeaderMap::new())
+                .map(|r| (r.kind.clone(), r.refreshes(), r.injector.header.clone()))
+        };
+        assert_eq!(
+            find("us-central1-aiplatform.googleapis.com"),
+            Some(("gcloud".to_string(), true, AUTHORIZATION))
         );
-        route.apply(&mut headers);
-        assert!(headers.get(AUTHORIZATION).is_none());
+        assert!(find("googleapis.com.evil.com").is_none());
 
         let none = Routes::from_json(DEFAULT_CREDENTIALS_JSON, &|_| None).unwrap();
-        assert!(none.gcloud().is_none());
+        assert_eq!(none.vendors.iter().count(), 0);
     }
 
     #[test]

@@ -1,49 +1,29 @@
-//! One access-token request to Google, per ADC type. No caching here: [`super::token`]
-//! decides when to fetch.
+//! One access-token request to Google, per ADC type. No caching here: the neutral
+//! [`crate::credential::TokenSource`] decides when to fetch.
 //!
 //! Both paths use their own HTTP client (hyper-rustls, native roots, the `ring` provider):
 //! neither reads `HTTPS_PROXY`, so the proxy's token requests go straight to the token
 //! endpoint and never through its own listeners.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gcp_auth::TokenProvider;
 use http::{Method, Request, Uri, header};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde::Deserialize;
 
+use crate::credential::fetch::{
+    Fetch, FetchFuture, Fetched, HttpsClient, Why, https_client, read_token_response,
+};
 use crate::error::chain;
-use crate::gcloud::CLOUD_PLATFORM_SCOPE;
-use crate::gcloud::adc::{Adc, AdcKind};
+use crate::providers::google::CLOUD_PLATFORM_SCOPE;
+use crate::providers::google::adc::{Adc, AdcKind};
 use crate::secret::Secret;
 
-/// A token endpoint's answer is a small JSON object; anything bigger is not one.
-const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 /// Lifetime assumed when the endpoint does not say (Google's tokens live one hour).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
-
-/// A freshly fetched access token.
-pub struct Fetched {
-    pub access_token: Secret,
-    pub lifetime: Duration,
-}
-
-pub type FetchFuture<'a> = Pin<Box<dyn Future<Output = Result<Fetched, String>> + Send + 'a>>;
-
-/// Something that can obtain a new access token. Errors are one line without secrets.
-pub trait Fetch: Send + Sync {
-    fn fetch(&self) -> FetchFuture<'_>;
-    /// The token endpoint, for log lines.
-    fn endpoint(&self) -> String;
-}
 
 /// Builds the fetcher for `adc`, checking what can be checked offline (the private key
 /// parses, the TLS roots load) so a broken credential stops startup.
@@ -81,7 +61,7 @@ struct ServiceAccount {
 }
 
 impl Fetch for ServiceAccount {
-    fn fetch(&self) -> FetchFuture<'_> {
+    fn fetch(&self, _why: Why) -> FetchFuture<'_> {
         Box::pin(async move {
             // A fresh provider per fetch: gcp_auth caches tokens until 20 s before expiry and
             // has no way to drop one, while we must be able to force a refresh after a 401.
@@ -98,10 +78,7 @@ impl Fetch for ServiceAccount {
                 .and_then(|at| at.checked_sub(now))
                 .map(Duration::from_secs)
                 .unwrap_or(Duration::ZERO);
-            Ok(Fetched {
-                access_token: Secret::new(token.as_str()),
-                lifetime,
-            })
+            Ok(Fetched::token(Secret::new(token.as_str()), lifetime))
         })
     }
 
@@ -114,7 +91,7 @@ impl Fetch for ServiceAccount {
 /// `~/.config/gcloud/application_default_credentials.json` and always posts to
 /// `accounts.google.com`, so the refresh grant (RFC 6749 §6) is done here.
 struct AuthorizedUser {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpsClient,
     client_id: String,
     client_secret: Secret,
     refresh_token: Secret,
@@ -127,13 +104,8 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct ErrorResponse {
-    error: Option<String>,
-}
-
 impl Fetch for AuthorizedUser {
-    fn fetch(&self) -> FetchFuture<'_> {
+    fn fetch(&self, _why: Why) -> FetchFuture<'_> {
         Box::pin(async move {
             let form = form_urlencoded::Serializer::new(String::new())
                 .append_pair("grant_type", "refresh_token")
@@ -148,54 +120,22 @@ impl Fetch for AuthorizedUser {
                 .header(header::ACCEPT, "application/json")
                 .body(Full::new(Bytes::from(form)))
                 .map_err(|e| format!("cannot build the token request: {e}"))?;
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("token request failed: {}", chain(&e)))?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_TOKEN_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| format!("token response unreadable: {e}"))?
-                .to_bytes();
-            if !status.is_success() {
-                // The OAuth error code (invalid_grant, ...) helps and is never secret; the
-                // description could quote the request, so it is left out.
-                let code = serde_json::from_slice::<ErrorResponse>(&body)
-                    .ok()
-                    .and_then(|e| e.error)
-                    .unwrap_or_else(|| "no OAuth error code".into());
-                return Err(format!("token endpoint answered {status} ({code})"));
-            }
+            let body = read_token_response(&self.client, req).await?;
             let parsed: TokenResponse = serde_json::from_slice(&body)
                 .map_err(|_| "token endpoint answer is not a token JSON object".to_string())?;
-            Ok(Fetched {
-                access_token: Secret::new(parsed.access_token),
-                lifetime: parsed
+            Ok(Fetched::token(
+                Secret::new(parsed.access_token),
+                parsed
                     .expires_in
                     .map(Duration::from_secs)
                     .unwrap_or(DEFAULT_LIFETIME),
-            })
+            ))
         })
     }
 
     fn endpoint(&self) -> String {
         self.token_uri.to_string()
     }
-}
-
-/// HTTPS only, verified against the native roots (which honour `SSL_CERT_FILE`), with the
-/// same `ring` provider as the rest of the proxy. No proxy support: requests go direct.
-fn https_client() -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, String> {
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(Arc::new(rustls::crypto::ring::default_provider()))
-        .map_err(|e| format!("cannot load the TLS root certificates for the token endpoint: {e}"))?
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .build();
-    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
 /// gcp_auth's errors, rendered without anything that could quote a token response: its

@@ -4,7 +4,7 @@
 //! on the way to `*.googleapis.com`. No project is named, so no library adds a quota
 //! project header that the real credential may not be allowed to use.
 
-use crate::gcloud::PLACEHOLDER_TOKEN;
+use crate::credential::PLACEHOLDER_TOKEN;
 
 /// The stub ADC JSON, pretty-printed, with a trailing newline.
 pub fn json() -> String {
@@ -23,7 +23,7 @@ pub fn json() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcloud::adc::{Adc, AdcKind};
+    use crate::providers::google::adc::{Adc, AdcKind};
 
     #[test]
     fn the_stub_is_a_valid_authorized_user_adc_of_placeholders() {

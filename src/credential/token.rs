@@ -7,43 +7,51 @@
 //!   another request already replaced the rejected token.
 //! - A failed refresh keeps the last good token while it is still valid.
 //! - A token that looks like a placeholder is refused: injecting it would only hide a
-//!   misconfiguration (say, the proxy itself holding the stub ADC).
+//!   misconfiguration (say, the proxy itself holding the agent's stub file).
+//!
+//! Provider-neutral: the provider supplies a [`Fetch`] and a label for messages.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
-use crate::gcloud::fetch::{Fetch, Fetched};
-use crate::gcloud::looks_like_placeholder;
+use crate::credential::fetch::{Fetch, FetchError, Fetched, Why};
+use crate::credential::looks_like_placeholder;
 use crate::scrub::Needles;
+use crate::secret::Secret;
 
 /// A token is refreshed this long before it expires (or halfway through its life, for
 /// short-lived ones), so a request never leaves with a token about to die.
 const REFRESH_MARGIN: Duration = Duration::from_secs(120);
-/// One token request (with gcp_auth's own retries) may take this long; then it has failed.
-/// gcp_auth sets no timeout of its own, and a silently dropped SYN would otherwise hang
-/// every request waiting on the fetch.
+/// One token request (with a client library's own retries) may take this long; then it has
+/// failed. Libraries such as gcp_auth set no timeout of their own, and a silently dropped
+/// SYN would otherwise hang every request waiting on the fetch.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// After a failed fetch, requests get the same failure for this long instead of each
 /// starting a new fetch against an endpoint that is down.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Logged (debug) by every request that found no fresh token and joins or starts a fetch.
-pub const WAITING_FOR_FETCH: &str = "no fresh Google token: waiting for the token fetch";
+pub const WAITING_FOR_FETCH: &str = "no fresh token: waiting for the token fetch";
 
-/// A usable token: the complete `Authorization` value, marked sensitive (so `Debug` prints
-/// `Sensitive` and HPACK never indexes it), the token as a needle for scrubbing responses,
-/// and its generation, which identifies it when an upstream rejects it.
+/// A usable token: the secret (formatted into a header by the route's injector), the
+/// further headers its flow needs (values marked sensitive, so HPACK never indexes them),
+/// every secret as a needle for scrubbing responses, and its generation, which identifies
+/// it when an upstream rejects it.
 #[derive(Clone)]
 pub struct Bearer {
-    pub value: HeaderValue,
+    pub token: Secret,
+    pub extra: Arc<Vec<(HeaderName, HeaderValue)>>,
     pub needles: Needles,
     pub generation: u64,
     refresh_at: Instant,
     expires_at: Instant,
 }
+
+/// Why a request gets no token: the provider is broken, or nobody has signed in yet.
+pub type Unavailable = FetchError;
 
 impl fmt::Debug for Bearer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -59,7 +67,7 @@ struct State {
     /// Completed fetches, successful or not: a waiter that sees this change knows a fetch
     /// finished while it waited, and takes that fetch's outcome.
     completed: u64,
-    last_failure: Option<(Instant, String)>,
+    last_failure: Option<(Instant, FetchError)>,
 }
 
 impl State {
@@ -72,16 +80,22 @@ impl State {
         self.current.clone().filter(|b| now < b.refresh_at)
     }
 
-    fn recent_failure(&self, now: Instant) -> Option<String> {
+    /// A recent failure, reused instead of a new fetch. Not for "signed out": looking for
+    /// the credentials file again is cheap, and it should work the moment it appears.
+    fn recent_failure(&self, now: Instant) -> Option<FetchError> {
         match &self.last_failure {
-            Some((at, why)) if now.duration_since(*at) < FAILURE_BACKOFF => Some(why.clone()),
+            Some((at, why @ FetchError::Failed(_)))
+                if now.duration_since(*at) < FAILURE_BACKOFF =>
+            {
+                Some(why.clone())
+            }
             _ => None,
         }
     }
 
     /// What a request gets from the last fetch's outcome: a still-valid token, else the
     /// failure.
-    fn outcome(&self, now: Instant) -> Result<Bearer, String> {
+    fn outcome(&self, now: Instant) -> Result<Bearer, FetchError> {
         if let Some(b) = self.valid(now) {
             return Ok(b);
         }
@@ -95,6 +109,8 @@ impl State {
 
 pub struct TokenSource {
     fetcher: Arc<dyn Fetch>,
+    /// Whose tokens these are, for log lines ("Google").
+    label: &'static str,
     state: Mutex<State>,
     /// Held for the duration of a fetch: the single-flight gate.
     fetching: tokio::sync::Mutex<()>,
@@ -109,9 +125,10 @@ impl fmt::Debug for TokenSource {
 }
 
 impl TokenSource {
-    pub fn new(fetcher: Arc<dyn Fetch>) -> TokenSource {
+    pub fn new(label: &'static str, fetcher: Arc<dyn Fetch>) -> TokenSource {
         TokenSource {
             fetcher,
+            label,
             state: Mutex::new(State::default()),
             fetching: tokio::sync::Mutex::new(()),
         }
@@ -121,6 +138,10 @@ impl TokenSource {
         self.fetcher.endpoint()
     }
 
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // The state is plain data updated in single assignments; a panic elsewhere cannot
         // leave it half-written.
@@ -128,7 +149,7 @@ impl TokenSource {
     }
 
     /// A token to inject now. Errors are one line without secrets.
-    pub async fn token(&self) -> Result<Bearer, String> {
+    pub async fn token(&self) -> Result<Bearer, Unavailable> {
         let seen = {
             let s = self.state();
             let now = Instant::now();
@@ -149,7 +170,7 @@ impl TokenSource {
                 return s.outcome(Instant::now());
             }
         }
-        match self.fetch_now().await {
+        match self.fetch_now(Why::Due).await {
             Ok(b) => Ok(b),
             // Keep the last good token while it lasts.
             Err(why) => self.state().valid(Instant::now()).ok_or(why),
@@ -159,7 +180,7 @@ impl TokenSource {
     /// The upstream answered `401` to the token of `rejected`: get a different one. Returns
     /// the replacement (which another request may already have fetched), or the reason
     /// there is none; the rejected token is kept either way, as the last good one.
-    pub async fn refresh_rejected(&self, rejected: u64) -> Result<Bearer, String> {
+    pub async fn refresh_rejected(&self, rejected: u64) -> Result<Bearer, Unavailable> {
         let seen = {
             let s = self.state();
             if let Some(b) = s.valid(Instant::now()).filter(|b| b.generation != rejected) {
@@ -183,27 +204,28 @@ impl TokenSource {
                     .unwrap_or_else(|| "the refreshed token was the rejected one".into()));
             }
         }
-        self.fetch_now().await
+        self.fetch_now(Why::Rejected).await
     }
 
     /// Runs one fetch; the caller holds the gate.
-    async fn fetch_now(&self) -> Result<Bearer, String> {
+    async fn fetch_now(&self, why: Why) -> Result<Bearer, Unavailable> {
         let started = Instant::now();
-        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.fetcher.fetch()).await {
-            Ok(Ok(fetched)) => accept(fetched),
+        let result = match tokio::time::timeout(FETCH_TIMEOUT, self.fetcher.fetch(why)).await {
+            Ok(Ok(fetched)) => accept(fetched).map_err(FetchError::Failed),
             Ok(Err(why)) => Err(why),
-            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
+            Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}").into()),
         };
         let mut s = self.state();
         s.completed += 1;
         match result {
-            Ok((value, needles, lifetime)) => {
+            Ok((token, extra, needles, lifetime, margin)) => {
                 let generation = s.completed;
                 let bearer = Bearer {
-                    value,
+                    token,
+                    extra: Arc::new(extra),
                     needles,
                     generation,
-                    refresh_at: started + lifetime.saturating_sub(margin(lifetime)),
+                    refresh_at: started + lifetime.saturating_sub(margin),
                     expires_at: started + lifetime,
                 };
                 s.current = Some(bearer.clone());
@@ -212,13 +234,21 @@ impl TokenSource {
                     endpoint = %self.fetcher.endpoint(),
                     lifetime_s = lifetime.as_secs(),
                     generation,
-                    "fetched a Google access token"
+                    "fetched a {} access token",
+                    self.label
                 );
                 Ok(bearer)
             }
-            Err(why) => {
+            Err(FetchError::SignedOut(why)) => {
+                tracing::info!("no {} access token: {why}", self.label);
+                let why = FetchError::SignedOut(why);
+                s.last_failure = Some((Instant::now(), why.clone()));
+                Err(why)
+            }
+            Err(FetchError::Failed(why)) => {
                 let why = format!("token endpoint {}: {why}", self.fetcher.endpoint());
-                tracing::warn!("cannot get a Google access token: {why}");
+                tracing::warn!("cannot get a {} access token: {why}", self.label);
+                let why = FetchError::Failed(why);
                 s.last_failure = Some((Instant::now(), why.clone()));
                 Err(why)
             }
@@ -230,30 +260,53 @@ fn margin(lifetime: Duration) -> Duration {
     REFRESH_MARGIN.min(lifetime / 2)
 }
 
-/// Checks a fetched token and builds its header value.
-fn accept(fetched: Fetched) -> Result<(HeaderValue, Needles, Duration), String> {
-    let token = fetched.access_token.expose();
+type Accepted = (
+    Secret,
+    Vec<(HeaderName, HeaderValue)>,
+    Needles,
+    Duration,
+    Duration,
+);
+
+/// Checks a fetched token (and its extra headers) and builds what requests need.
+fn accept(fetched: Fetched) -> Result<Accepted, String> {
+    let token = fetched.access_token.expose().trim();
     if looks_like_placeholder(token) {
         return Err(format!(
             "the endpoint returned a placeholder-looking token ({} characters); refusing to \
-             inject it (does the proxy hold the agent's stub ADC instead of a real one?)",
-            token.trim().len()
+             inject it (does the proxy hold the agent's stub credentials instead of real ones?)",
+            token.len()
         ));
     }
     if fetched.lifetime.is_zero() {
         return Err("the endpoint returned a token that has already expired".into());
     }
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| "the endpoint returned a token with characters not allowed in a header")?;
-    value.set_sensitive(true);
-    let needles = Needles::new([token.trim().as_bytes().to_vec()]);
-    Ok((value, needles, fetched.lifetime))
+    if HeaderValue::from_str(&format!("Bearer {token}")).is_err() {
+        return Err("the endpoint returned a token with characters not allowed in a header".into());
+    }
+    let mut needles = vec![token.as_bytes().to_vec()];
+    let mut extra = Vec::with_capacity(fetched.extra.len());
+    for (name, value) in fetched.extra {
+        let mut v = HeaderValue::from_str(value.expose().trim())
+            .map_err(|_| format!("the value for {name} has characters not allowed in a header"))?;
+        v.set_sensitive(true);
+        needles.push(value.expose().trim().as_bytes().to_vec());
+        extra.push((name, v));
+    }
+    let margin = fetched.margin.unwrap_or_else(|| margin(fetched.lifetime));
+    Ok((
+        Secret::new(token),
+        extra,
+        Needles::new(needles),
+        fetched.lifetime,
+        margin,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gcloud::fetch::FetchFuture;
+    use crate::credential::fetch::FetchFuture;
     use crate::secret::Secret;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -280,7 +333,7 @@ mod tests {
     }
 
     impl Fetch for Fake {
-        fn fetch(&self) -> FetchFuture<'_> {
+        fn fetch(&self, _why: Why) -> FetchFuture<'_> {
             Box::pin(async move {
                 let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
                 // Yield so concurrent callers really pile up behind the gate.
@@ -292,10 +345,7 @@ mod tests {
                     Some(t) => t.to_string(),
                     None => format!("tok-{n}-abcdefghijklmnopqrstuvwxyz"),
                 };
-                Ok(Fetched {
-                    access_token: Secret::new(token),
-                    lifetime: self.lifetime,
-                })
+                Ok(Fetched::token(Secret::new(token), self.lifetime))
             })
         }
         fn endpoint(&self) -> String {
@@ -304,7 +354,7 @@ mod tests {
     }
 
     fn source(fake: &Arc<Fake>) -> Arc<TokenSource> {
-        Arc::new(TokenSource::new(fake.clone()))
+        Arc::new(TokenSource::new("Test", fake.clone()))
     }
 
     #[tokio::test]
@@ -314,15 +364,14 @@ mod tests {
         let a = src.token().await.unwrap();
         let b = src.token().await.unwrap();
         assert_eq!(fake.calls(), 1);
-        assert_eq!(a.value, b.value);
-        assert!(a.value.is_sensitive());
+        assert_eq!(a.token, b.token);
         assert!(format!("{a:?}").find("tok-").is_none());
 
         // Pretend the refresh time has come.
         src.state().current.as_mut().unwrap().refresh_at = Instant::now();
         let c = src.token().await.unwrap();
         assert_eq!(fake.calls(), 2);
-        assert_ne!(c.value, a.value);
+        assert_ne!(c.token, a.token);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,7 +410,7 @@ mod tests {
         let first = src.token().await.unwrap();
         fake.fail.store(true, Ordering::SeqCst);
         let err = src.refresh_rejected(first.generation).await.unwrap_err();
-        assert!(err.contains("endpoint down"), "{err}");
+        assert!(err.why().contains("endpoint down"), "{err:?}");
         // Due for refresh, refresh fails: the still-valid token is used.
         src.state().current.as_mut().unwrap().refresh_at = Instant::now();
         src.state().last_failure = None;
@@ -376,8 +425,8 @@ mod tests {
         let src = source(&fake);
         let err = src.token().await.unwrap_err();
         assert!(
-            err.contains("fake") && err.contains("endpoint down"),
-            "{err}"
+            err.why().contains("fake") && err.why().contains("endpoint down"),
+            "{err:?}"
         );
         assert!(src.token().await.is_err());
         assert_eq!(
@@ -395,8 +444,8 @@ mod tests {
                 ..Arc::into_inner(Fake::new(Duration::from_secs(3600))).unwrap()
             });
             let err = source(&fake).token().await.unwrap_err();
-            assert!(err.contains("placeholder"), "{err}");
-            assert!(!err.contains(token), "{err}");
+            assert!(err.why().contains("placeholder"), "{err:?}");
+            assert!(!err.why().contains(token), "{err:?}");
         }
     }
 

@@ -7,12 +7,12 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
 
-use crate::App;
 use crate::body::{self, Body};
-use crate::gcloud::GcloudCredential;
-use crate::gcloud::vend::VENDED_TOKEN_JSON;
 use crate::host::Host;
+use crate::providers::google::vend::VENDED_TOKEN_JSON;
+use crate::vend::{Ask, Ctx, VendFuture, Vendor, Via};
 
 pub const METADATA_HOST: &str = "metadata.google.internal";
 pub const METADATA_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
@@ -34,28 +34,38 @@ pub fn answers(host: &Host, port: u16) -> bool {
             || host.ip().map(|ip| ip.to_canonical()) == Some(IpAddr::V4(METADATA_IP)))
 }
 
-/// The hook for entry paths: the answer when `host:port` is the metadata server and a
-/// gcloud credential is configured, `None` otherwise (the request then takes its normal
-/// course through the policy).
-pub fn intercept<B>(app: &App, host: &Host, port: u16, req: &Request<B>) -> Option<Response<Body>> {
-    if !answers(host, port) {
-        return None;
+/// The emulated metadata server (present only when a gcloud credential is configured):
+/// what it may reveal is the project id, never a key or a token.
+pub struct MetadataServer {
+    pub project_id: Option<String>,
+}
+
+impl Vendor for MetadataServer {
+    fn name(&self) -> &'static str {
+        "GCE metadata emulation"
     }
-    let credential = app.routes.gcloud()?;
-    let resp = respond(credential, req);
-    tracing::info!(
-        %host,
-        path = req.uri().path(),
-        status = resp.status().as_u16(),
-        "answered a metadata-server request"
-    );
-    Some(resp)
+
+    /// Plain HTTP only: the metadata server is `http://`, and it answers before the SSRF
+    /// guard would refuse 169.254.169.254.
+    fn claims(&self, ask: &Ask<'_>) -> bool {
+        ask.via == Via::PlainHttp && answers(ask.host, ask.port)
+    }
+
+    fn answer<'a>(&'a self, _ctx: Ctx<'a>, req: Request<Incoming>) -> VendFuture<'a> {
+        let resp = respond(self.project_id.as_deref(), &req);
+        Box::pin(async move { Ok(resp) })
+    }
+
+    fn pinned(&self) -> Vec<(String, IpAddr)> {
+        // The sandbox must find the server by name; the connection then reaches the proxy.
+        vec![(METADATA_HOST.to_string(), IpAddr::V4(METADATA_IP))]
+    }
 }
 
 /// The emulated server. Like the real one it insists on `Metadata-Flavor: Google` (a
 /// browser-style SSRF cannot set it) and labels every answer with the same header, which
 /// is how clients recognise a metadata server.
-pub fn respond<B>(credential: &GcloudCredential, req: &Request<B>) -> Response<Body> {
+pub fn respond<B>(project_id: Option<&str>, req: &Request<B>) -> Response<Body> {
     let flavored = req
         .headers()
         .get_all(FLAVOR)
@@ -71,8 +81,8 @@ pub fn respond<B>(credential: &GcloudCredential, req: &Request<B>) -> Response<B
     match req.uri().path() {
         TOKEN_PATH => answer(StatusCode::OK, "application/json", VENDED_TOKEN_JSON.into()),
         EMAIL_PATH => answer(StatusCode::OK, "application/text", PLACEHOLDER_EMAIL.into()),
-        PROJECT_PATH => match &credential.project_id {
-            Some(p) => answer(StatusCode::OK, "application/text", p.clone()),
+        PROJECT_PATH => match project_id {
+            Some(p) => answer(StatusCode::OK, "application/text", p.to_string()),
             None => not_found(),
         },
         _ => not_found(),
