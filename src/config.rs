@@ -119,6 +119,21 @@ pub enum Command {
     /// Print the stub Google Application Default Credentials JSON that the agent should
     /// hold (GOOGLE_APPLICATION_CREDENTIALS=<file>), and exit.
     StubAdc,
+    // Deployment helpers (src/cli/): they print and exit.
+    /// Print the credential variables the routing table names (embedded, or
+    /// PAUDE_PROXY_CREDENTIALS_CONFIG) and exit.
+    Routes {
+        /// One `value|path|unset NAME` line per variable, for scripts: `value` gets a dummy,
+        /// `path` holds a file path (stub file or nothing), `unset` is never passed on.
+        #[arg(long)]
+        vars: bool,
+    },
+    /// Make clients trust the proxy CA: `ca env` prints the variables, `ca bundle OUT`
+    /// writes system roots plus the proxy CA.
+    Ca {
+        #[command(subcommand)]
+        command: crate::cli::ca::CaCommand,
+    },
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.
@@ -285,7 +300,7 @@ impl Config {
     }
 }
 
-fn parse_listen(var: &'static str, raw: &str) -> Result<ListenAddr, ConfigError> {
+pub(crate) fn parse_listen(var: &'static str, raw: &str) -> Result<ListenAddr, ConfigError> {
     let expected = "expected [ip]:port, e.g. :3128, 127.0.0.1:3128 or [::1]:3128";
     if let Some(port) = raw.strip_prefix(':') {
         return port
@@ -372,8 +387,16 @@ fn load_routes(
     path: Option<&PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Routes, ConfigError> {
+    let (json, shown) = read_credentials_json(path)?;
+    Routes::from_json(&json, env)
+        .map_err(|e| bad("PAUDE_PROXY_CREDENTIALS_CONFIG", shown, e.to_string()))
+}
+
+/// The routing table's JSON (the file, or the embedded default) and how to name it in an
+/// error.
+pub fn read_credentials_json(path: Option<&PathBuf>) -> Result<(String, String), ConfigError> {
     const VAR: &str = "PAUDE_PROXY_CREDENTIALS_CONFIG";
-    let (json, shown) = match path {
+    Ok(match path {
         None => (
             DEFAULT_CREDENTIALS_JSON.to_string(),
             "(embedded default)".to_string(),
@@ -383,8 +406,7 @@ fn load_routes(
                 .map_err(|e| bad(VAR, p.display().to_string(), format!("cannot read: {e}")))?,
             p.display().to_string(),
         ),
-    };
-    Routes::from_json(&json, env).map_err(|e| bad(VAR, shown, e.to_string()))
+    })
 }
 
 fn load_pem_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -37,6 +37,85 @@ impl Injector {
             _ => AUTHORIZATION,
         }
     }
+
+    /// What the credential variable of this kind holds, so that an agent's environment
+    /// gets the right stand-in for it (`paude-proxy routes --vars`).
+    pub fn holds(&self) -> VarHolds {
+        match self {
+            Injector::Bearer | Injector::ApiKey { .. } | Injector::Basic { .. } => VarHolds::Value,
+            Injector::Gcloud => VarHolds::Path,
+        }
+    }
+
+    /// Other variables this kind reads a real credential from, which an agent must never
+    /// inherit and never gets a stand-in for.
+    pub fn also_reads(&self) -> &'static [&'static str] {
+        match self {
+            Injector::Gcloud => &[crate::gcloud::INLINE_ADC_VAR],
+            _ => &[],
+        }
+    }
+}
+
+/// What a credential variable holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VarHolds {
+    /// The secret itself: the agent gets a dummy string.
+    Value,
+    /// The path of a file holding the secret: the agent gets a stub file or nothing, never a
+    /// dummy string (an SDK would try to open it).
+    Path,
+    /// A secret the agent must not hold at all, not even as a dummy.
+    Nothing,
+}
+
+impl VarHolds {
+    /// The word `paude-proxy routes --vars` prints.
+    pub fn word(self) -> &'static str {
+        match self {
+            VarHolds::Value => "value",
+            VarHolds::Path => "path",
+            VarHolds::Nothing => "unset",
+        }
+    }
+}
+
+/// One variable a routing table names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeclaredVar {
+    pub name: String,
+    pub holds: VarHolds,
+    /// The domain patterns of its entry, as written (empty for [`Injector::also_reads`]).
+    pub domains: Vec<String>,
+}
+
+/// Every variable a routing table names, with what it holds, in table order without
+/// duplicates. Reads no environment: it describes the table, not the credentials.
+pub fn declared_vars(json: &str) -> Result<Vec<DeclaredVar>, RoutesError> {
+    let file: FileSchema =
+        serde_json::from_str(json).map_err(|e| RoutesError::Json(e.to_string()))?;
+    let mut out: Vec<DeclaredVar> = Vec::new();
+    let mut push = |name: &str, holds: VarHolds, domains: &[String]| {
+        if !out.iter().any(|v| v.name == name) {
+            out.push(DeclaredVar {
+                name: name.to_string(),
+                holds,
+                domains: domains.to_vec(),
+            });
+        }
+    };
+    for (index, e) in file.credentials.iter().enumerate() {
+        let injector = e.injector().map_err(|problem| RoutesError::Entry {
+            index,
+            env_var: e.env_var.clone(),
+            problem,
+        })?;
+        push(&e.env_var, injector.holds(), &e.domains);
+        for var in injector.also_reads() {
+            push(var, VarHolds::Nothing, &[]);
+        }
+    }
+    Ok(out)
 }
 
 /// One usable route: its credential is present.
@@ -97,6 +176,38 @@ struct EntrySchema {
     domains: Vec<String>,
 }
 
+impl EntrySchema {
+    fn injector(&self) -> Result<Injector, String> {
+        let param = |name: &str| -> Result<String, String> {
+            match self.params.get(name) {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(format!(
+                    "injector '{}' needs params.{name} (a non-empty string)",
+                    self.injector
+                )),
+            }
+        };
+        Ok(match self.injector.as_str() {
+            "bearer" => Injector::Bearer,
+            "api_key" => {
+                let name = param("header_name")?;
+                let header = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("'{name}' is not a valid header name"))?;
+                Injector::ApiKey { header }
+            }
+            "basic" => Injector::Basic {
+                username: param("username")?,
+            },
+            "gcloud" => Injector::Gcloud,
+            other => {
+                return Err(format!(
+                    "unknown injector '{other}' (expected bearer, api_key, basic or gcloud)"
+                ));
+            }
+        })
+    }
+}
+
 impl Routes {
     /// Parses the routing table and reads each credential through `env`. An unset or empty
     /// variable skips its entry silently, as in the original.
@@ -124,33 +235,7 @@ impl Routes {
                 .iter()
                 .map(|d| DomainPattern::parse(d).map_err(|err| bad(format!("domain '{d}': {err}"))))
                 .collect::<Result<Vec<_>, _>>()?;
-            let param = |name: &str| -> Result<String, RoutesError> {
-                match e.params.get(name) {
-                    Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                    _ => Err(bad(format!(
-                        "injector '{}' needs params.{name} (a non-empty string)",
-                        e.injector
-                    ))),
-                }
-            };
-            let injector = match e.injector.as_str() {
-                "bearer" => Injector::Bearer,
-                "api_key" => {
-                    let name = param("header_name")?;
-                    let header = HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| bad(format!("'{name}' is not a valid header name")))?;
-                    Injector::ApiKey { header }
-                }
-                "basic" => Injector::Basic {
-                    username: param("username")?,
-                },
-                "gcloud" => Injector::Gcloud,
-                other => {
-                    return Err(bad(format!(
-                        "unknown injector '{other}' (expected bearer, api_key, basic or gcloud)"
-                    )));
-                }
-            };
+            let injector = e.injector().map_err(bad)?;
             if let Injector::Gcloud = injector {
                 // Every gcloud entry names the same ADC sources; one token cache serves all.
                 let existing = out.gcloud().cloned();

@@ -36,7 +36,9 @@ pub mod upstream;
 // Cross-cutting: the body and error types, logs and counters, the admin port.
 pub mod admin;
 pub mod audit;
+// Subcommands that print and exit (routes, ca, healthcheck).
 pub mod body;
+pub mod cli;
 pub mod error;
 pub mod metrics;
 

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use paude_proxy::config::{Args, Command, Config};
+use paude_proxy::config::{Args, Config};
 use tracing_subscriber::EnvFilter;
 
 /// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
@@ -20,9 +20,8 @@ fn main() -> ExitCode {
         }
     };
     // Subcommands need no configuration: a broken proxy setup must not stop them.
-    if let Some(Command::StubAdc) = args.command {
-        print!("{}", paude_proxy::gcloud::stub::json());
-        return ExitCode::SUCCESS;
+    if let Some(command) = &args.command {
+        return paude_proxy::cli::run(command, &args);
     }
     let env = |k: &str| std::env::var(k).ok();
     let config = match Config::from_args(args, &env) {

@@ -1,0 +1,32 @@
+//! The subcommands that answer a question and exit (`stub-adc`, `routes`, `ca`,
+//! `healthcheck`): none starts the proxy, and none needs a valid proxy configuration
+//! beyond the settings it reads.
+
+pub mod ca;
+pub mod routes;
+
+use std::process::ExitCode;
+
+use crate::config::{Args, Command};
+
+/// sysexits.h EX_USAGE: what the command was asked to read is wrong.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Runs COMMAND and returns the process's exit code; messages go to stdout/stderr.
+pub fn run(command: &Command, args: &Args) -> ExitCode {
+    let outcome = match command {
+        Command::StubAdc => {
+            print!("{}", crate::gcloud::stub::json());
+            Ok(())
+        }
+        Command::Routes { vars } => routes::print(args, *vars),
+        Command::Ca { command } => ca::run(command, args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("paude-proxy: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
