@@ -134,6 +134,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::cli::ca::CaCommand,
     },
+    /// GET /healthz on PAUDE_PROXY_ADMIN_LISTEN: exit 0 when it answers 200, 1 otherwise
+    /// (a container HEALTHCHECK without curl).
+    Healthcheck,
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.
@@ -186,6 +189,8 @@ pub struct Config {
     pub upstream_ca: Vec<CertificateDer<'static>>,
     pub hosts: HashMap<Host, Vec<IpAddr>>,
     pub check_config: bool,
+    /// The `@name` presets ALLOWED_DOMAINS used, for `--check-config`.
+    pub presets: Vec<&'static crate::presets::Preset>,
 }
 
 impl Config {
@@ -218,11 +223,16 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         let verbose = parse_bool("PAUDE_PROXY_VERBOSE", &args.verbose)?;
         let (client_nets, client_names) = parse_clients(&args.allowed_clients)?;
-        let domains = match args.allowed_domains.trim() {
-            "" => None,
-            list => Some(
-                parse_patterns(list).map_err(|e| bad("ALLOWED_DOMAINS", list, e.to_string()))?,
-            ),
+        // `@name` agent presets expand before parsing (src/presets.rs).
+        let (domains, presets) = match args.allowed_domains.trim() {
+            "" => (None, Vec::new()),
+            list => {
+                let (expanded, used) =
+                    crate::presets::expand(list).map_err(|e| bad("ALLOWED_DOMAINS", list, e))?;
+                let patterns = parse_patterns(&expanded)
+                    .map_err(|e| bad("ALLOWED_DOMAINS", list, e.to_string()))?;
+                (Some(patterns), used)
+            }
         };
         let extra_ports = split_list(&args.allowed_otel_ports)
             .map(|p| {
@@ -296,6 +306,7 @@ impl Config {
             upstream_ca,
             hosts,
             check_config: args.check_config,
+            presets,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod transparent;
 
 // decide: pure policy over facts, and the one lookup it needs.
 pub mod policy;
+pub mod presets;
 pub mod resolve;
 
 // terminate TLS → handle request: checks, credentials, answers we give ourselves.

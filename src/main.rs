@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         return match paude_proxy::listen::check(&config) {
             Ok(summary) => {
                 println!("{summary}");
+                for line in paude_proxy::presets::describe(&config.presets) {
+                    println!("{line}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

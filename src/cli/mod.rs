@@ -3,6 +3,7 @@
 //! beyond the settings it reads.
 
 pub mod ca;
+pub mod healthcheck;
 pub mod routes;
 
 use std::process::ExitCode;
@@ -17,16 +18,20 @@ pub fn run(command: &Command, args: &Args) -> ExitCode {
     let outcome = match command {
         Command::StubAdc => {
             print!("{}", crate::gcloud::stub::json());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Routes { vars } => routes::print(args, *vars),
-        Command::Ca { command } => ca::run(command, args),
+        Command::Routes { vars } => routes::print(args, *vars).map(|()| ExitCode::SUCCESS),
+        Command::Ca { command } => ca::run(command, args).map(|()| ExitCode::SUCCESS),
+        Command::Healthcheck => healthcheck::run(args).map(|health| match health {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(healthcheck::Unhealthy(why)) => {
+                eprintln!("paude-proxy: unhealthy: {why}");
+                ExitCode::FAILURE
+            }
+        }),
     };
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("paude-proxy: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        }
-    }
+    outcome.unwrap_or_else(|e| {
+        eprintln!("paude-proxy: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
 }
