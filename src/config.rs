@@ -183,6 +183,24 @@ pub enum Command {
         #[arg(value_enum)]
         which: StubKind,
     },
+    // Deployment helpers (src/cli/): they print and exit.
+    /// Print the credential variables the routing table names (embedded, or
+    /// PAUDE_PROXY_CREDENTIALS_CONFIG) and exit.
+    Routes {
+        /// One `value|path|unset NAME` line per variable, for scripts: `value` gets a dummy,
+        /// `path` holds a file path (stub file or nothing), `unset` is never passed on.
+        #[arg(long)]
+        vars: bool,
+    },
+    /// Make clients trust the proxy CA: `ca env` prints the variables, `ca bundle OUT`
+    /// writes system roots plus the proxy CA.
+    Ca {
+        #[command(subcommand)]
+        command: crate::cli::ca::CaCommand,
+    },
+    /// GET /healthz on PAUDE_PROXY_ADMIN_LISTEN: exit 0 when it answers 200, 1 otherwise
+    /// (a container HEALTHCHECK without curl).
+    Healthcheck,
 }
 
 /// The stub files `paude-proxy stub` prints.
@@ -247,6 +265,8 @@ pub struct Config {
     pub hosts: HashMap<Host, Vec<IpAddr>>,
     pub limits: Limits,
     pub check_config: bool,
+    /// The `@name` presets ALLOWED_DOMAINS used, for `--check-config`.
+    pub presets: Vec<&'static crate::presets::Preset>,
 }
 
 impl Config {
@@ -279,11 +299,16 @@ impl Config {
             .collect::<Result<Vec<_>, _>>()?;
         let verbose = parse_bool("PAUDE_PROXY_VERBOSE", &args.verbose)?;
         let (client_nets, client_names) = parse_clients(&args.allowed_clients)?;
-        let domains = match args.allowed_domains.trim() {
-            "" => None,
-            list => Some(
-                parse_patterns(list).map_err(|e| bad("ALLOWED_DOMAINS", list, e.to_string()))?,
-            ),
+        // `@name` agent presets expand before parsing (src/presets.rs).
+        let (domains, presets) = match args.allowed_domains.trim() {
+            "" => (None, Vec::new()),
+            list => {
+                let (expanded, used) =
+                    crate::presets::expand(list).map_err(|e| bad("ALLOWED_DOMAINS", list, e))?;
+                let patterns = parse_patterns(&expanded)
+                    .map_err(|e| bad("ALLOWED_DOMAINS", list, e.to_string()))?;
+                (Some(patterns), used)
+            }
         };
         let extra_ports = split_list(&args.allowed_otel_ports)
             .map(|p| {
@@ -366,11 +391,12 @@ impl Config {
             hosts,
             limits,
             check_config: args.check_config,
+            presets,
         })
     }
 }
 
-fn parse_listen(var: &'static str, raw: &str) -> Result<ListenAddr, ConfigError> {
+pub(crate) fn parse_listen(var: &'static str, raw: &str) -> Result<ListenAddr, ConfigError> {
     let expected = "expected [ip]:port, e.g. :3128, 127.0.0.1:3128 or [::1]:3128";
     if let Some(port) = raw.strip_prefix(':') {
         return port
@@ -457,8 +483,16 @@ fn load_routes(
     path: Option<&PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Routes, ConfigError> {
+    let (json, shown) = read_credentials_json(path)?;
+    Routes::from_json(&json, env)
+        .map_err(|e| bad("PAUDE_PROXY_CREDENTIALS_CONFIG", shown, e.to_string()))
+}
+
+/// The routing table's JSON (the file, or the embedded default) and how to name it in an
+/// error.
+pub fn read_credentials_json(path: Option<&PathBuf>) -> Result<(String, String), ConfigError> {
     const VAR: &str = "PAUDE_PROXY_CREDENTIALS_CONFIG";
-    let (json, shown) = match path {
+    Ok(match path {
         None => (
             DEFAULT_CREDENTIALS_JSON.to_string(),
             "(embedded default)".to_string(),
@@ -468,8 +502,7 @@ fn load_routes(
                 .map_err(|e| bad(VAR, p.display().to_string(), format!("cannot read: {e}")))?,
             p.display().to_string(),
         ),
-    };
-    Routes::from_json(&json, env).map_err(|e| bad(VAR, shown, e.to_string()))
+    })
 }
 
 fn load_pem_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -174,6 +174,17 @@ pub enum DomainPattern {
     Regex(Regex),
 }
 
+/// As written in the configuration.
+impl fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainPattern::Exact(h) => write!(f, "{h}"),
+            DomainPattern::Suffix(h) => write!(f, ".{h}"),
+            DomainPattern::Regex(r) => write!(f, "~{}", r.as_str()),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PatternError {
     #[error("empty entry")]

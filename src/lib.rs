@@ -21,6 +21,7 @@ pub mod transparent;
 
 // decide: pure policy over facts, and the one lookup it needs.
 pub mod policy;
+pub mod presets;
 pub mod resolve;
 
 // terminate TLS → handle request: checks, answers we give ourselves, credentials, forward.
@@ -42,7 +43,9 @@ pub mod upstream;
 // Cross-cutting: the body and error types, logs and counters, the admin port.
 pub mod admin;
 pub mod audit;
+// Subcommands that print and exit (routes, ca, healthcheck).
 pub mod body;
+pub mod cli;
 pub mod error;
 pub mod metrics;
 

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use paude_proxy::config::{Args, Command, Config, StubKind};
+use paude_proxy::config::{Args, Config};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc hands freed pages back to the kernel within milliseconds; glibc's malloc kept
@@ -25,16 +25,8 @@ fn main() -> ExitCode {
         }
     };
     // Subcommands need no configuration: a broken proxy setup must not stop them.
-    match args.command {
-        Some(Command::StubAdc) => {
-            print!("{}", paude_proxy::providers::stub(StubKind::Adc));
-            return ExitCode::SUCCESS;
-        }
-        Some(Command::Stub { which }) => {
-            print!("{}", paude_proxy::providers::stub(which));
-            return ExitCode::SUCCESS;
-        }
-        None => {}
+    if let Some(command) = &args.command {
+        return paude_proxy::cli::run(command, &args);
     }
     let env = |k: &str| std::env::var(k).ok();
     let config = match Config::from_args(args, &env) {
@@ -50,6 +42,9 @@ fn main() -> ExitCode {
         return match paude_proxy::listen::check(&config) {
             Ok(summary) => {
                 println!("{summary}");
+                for line in paude_proxy::presets::describe(&config.presets) {
+                    println!("{line}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -572,6 +572,7 @@ fn run_under_ip_netns_exec_returns_the_status_and_cleans_up() {
     let out = run(cmd("ip", &["netns", "exec", &lab.gw])
         .arg(&script_path)
         .args(["run", "--ca", &ca, "--", "sh", "-c", &script])
+        .env("PAUDE_PROXY_BIN", proxy_bin())
         .env("OPENAI_API_KEY", "sk-real-secret")
         .env("HTTPS_PROXY", "http://127.0.0.1:3128"));
     assert_eq!(
@@ -635,9 +636,30 @@ fn exec_gives_ca_trust_and_only_dummy_credentials() {
         ]}"#,
     )
     .expect("write config");
+    let env_file = lab.dir.path().join("agent.env");
+    fs::write(
+        &env_file,
+        "# comment\n\nFROM_FILE=file value\nexport EXPORTED=1\n",
+    )
+    .expect("env file");
+    let env_file_s = env_file.to_string_lossy().into_owned();
     let out = run(lab
-        .script(&["exec", &agent.name, "--", "env"])
+        .script(&[
+            "exec",
+            &agent.name,
+            "--env",
+            "GIVEN=given value",
+            "--env",
+            "PASSED",
+            "--env-file",
+            &env_file_s,
+            "--",
+            "env",
+        ])
         .env("PAUDE_PROXY_CREDENTIALS_CONFIG", &config)
+        .env("PASSED", "from the caller")
+        .env("NOT_PASSED", "caller-only-value")
+        .env("LC_TIME", "C.UTF-8")
         .env("OPENAI_API_KEY", "sk-real-secret")
         .env("MY_CUSTOM_TOKEN", "real-custom-secret")
         .env("GCP_ADC_JSON", "{\"real\":true}")
@@ -654,18 +676,26 @@ fn exec_gives_ca_trust_and_only_dummy_credentials() {
         !stdout.contains("real-custom-secret") && !stdout.contains("sk-real-secret"),
         "a real credential leaked"
     );
+    // The custom table names one value variable: it gets the dummy. The
+    // embedded table's variables are not credentials of this proxy, and the
+    // agent starts from an empty environment, so they are simply absent.
+    assert_eq!(get("MY_CUSTOM_TOKEN"), Some("paude-proxy-managed"));
     for var in [
+        "HTTPS_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "GCP_ADC_JSON",
         "OPENAI_API_KEY",
-        "ANTHROPIC_API_KEY",
-        "GH_TOKEN",
-        "CURSOR_API_KEY",
-        "MY_CUSTOM_TOKEN",
+        "NOT_PASSED",
     ] {
-        assert_eq!(get(var), Some("paude-proxy-managed"), "{var}");
-    }
-    for var in ["HTTPS_PROXY", "http_proxy", "ALL_PROXY", "GCP_ADC_JSON"] {
         assert_eq!(get(var), None, "{var} must not reach the agent");
     }
+    assert_eq!(get("GIVEN"), Some("given value"));
+    assert_eq!(get("PASSED"), Some("from the caller"));
+    assert_eq!(get("FROM_FILE"), Some("file value"));
+    assert_eq!(get("EXPORTED"), Some("1"));
+    assert_eq!(get("LC_TIME"), Some("C.UTF-8"));
+    assert!(get("PATH").is_some(), "PATH is on the allowlist");
     // With Google credentials configured the agent holds the stub ADC, the very JSON
     // `paude-proxy stub-adc` prints, and nothing of the real one.
     let stub_path = format!("/etc/netns/{}/paude-proxy-adc.json", agent.name);
@@ -689,6 +719,9 @@ fn exec_gives_ca_trust_and_only_dummy_credentials() {
     for var in [
         "SSL_CERT_FILE",
         "NODE_EXTRA_CA_CERTS",
+        "npm_config_cafile",
+        "CODEX_CA_CERTIFICATE",
+        "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
         "REQUESTS_CA_BUNDLE",
         "CURL_CA_BUNDLE",
         "GIT_SSL_CAINFO",
@@ -710,6 +743,36 @@ fn exec_gives_ca_trust_and_only_dummy_credentials() {
             bundle_text.contains(roots.trim()),
             "bundle holds the system roots too"
         );
+    }
+
+    // The trust list is the binary's (`ca env`), not a second list in shell.
+    let listed = std::process::Command::new(proxy_bin())
+        .args([
+            "ca",
+            "env",
+            "--no-proxy",
+            "--format",
+            "plain",
+            "--bundle",
+            &bundle,
+        ])
+        .output()
+        .expect("paude-proxy ca env");
+    for line in String::from_utf8_lossy(&listed.stdout).lines() {
+        let (name, value) = line.split_once('=').expect("NAME=VALUE");
+        assert_eq!(get(name), Some(value), "{name} from `ca env`");
+    }
+
+    // Credential and proxy variables cannot be smuggled in through --env.
+    for given in [
+        "MY_CUSTOM_TOKEN=x",
+        "GOOGLE_APPLICATION_CREDENTIALS=/x",
+        "https_proxy=http://x",
+    ] {
+        let out = run(lab
+            .script(&["exec", &agent.name, "--env", given, "--", "true"])
+            .env("PAUDE_PROXY_CREDENTIALS_CONFIG", &config));
+        assert_eq!(out.status.code(), Some(64), "{given}: {}", text(&out).1);
     }
 
     // A config that cannot be parsed must not silently fall back: a real value
@@ -944,4 +1007,102 @@ fn cli_help_and_errors_are_clear() {
         !std::path::Path::new("/run/netns/nocafile").exists(),
         "nothing is created on a bad CA"
     );
+}
+
+/// The proxy runs elsewhere with a custom table the caller's shell does not
+/// know (PAUDE_PROXY_CREDENTIALS_CONFIG not exported), while the caller has
+/// the custom variable's real value exported: the agent never sees it,
+/// because it starts from an empty environment.
+#[test]
+fn a_custom_credential_the_script_does_not_know_never_reaches_the_agent() {
+    if !netns_ready("a_custom_credential_the_script_does_not_know_never_reaches_the_agent") {
+        return;
+    }
+    let mut lab = Lab::new("cus");
+    let agent = lab.create_agent(&[]);
+    const REAL: &str = "sk-custom-REAL-4f7a19c2e8";
+    let out = run(lab
+        .script(&[
+            "exec",
+            &agent.name,
+            "--",
+            "sh",
+            "-c",
+            "env; cat /proc/self/environ",
+        ])
+        .env_remove("PAUDE_PROXY_CREDENTIALS_CONFIG")
+        .env("MY_CUSTOM_TOKEN", REAL)
+        .env("OPENAI_API_KEY", REAL));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("SSL_CERT_FILE="),
+        "the command ran: {stdout}"
+    );
+    assert!(
+        !stdout.contains(REAL),
+        "a real value reached the agent:\n{stdout}"
+    );
+    assert!(!stdout.contains("MY_CUSTOM_TOKEN"), "{stdout}");
+    // The embedded table's variable gets its dummy.
+    assert!(
+        stdout.contains("OPENAI_API_KEY=paude-proxy-managed"),
+        "{stdout}"
+    );
+    // A path variable never gets a dummy string: without Google credentials
+    // in the caller's environment it is simply unset.
+    assert!(
+        !stdout.contains("GOOGLE_APPLICATION_CREDENTIALS"),
+        "{stdout}"
+    );
+}
+
+/// `create` under `ip netns exec` (a throwaway mount namespace) fails before
+/// making anything; `run --name` uses the name; `exec` reports an agent whose
+/// proxy namespace is gone.
+#[test]
+fn create_refuses_a_throwaway_mount_namespace_run_takes_a_name_and_exec_spots_a_stale_agent() {
+    if !netns_ready(
+        "create_refuses_a_throwaway_mount_namespace_run_takes_a_name_and_exec_spots_a_stale_agent",
+    ) {
+        return;
+    }
+    let mut lab = Lab::new("stl");
+    let name = lab.new_agent_name();
+    let ca = lab.ca.to_string_lossy().into_owned();
+    let out = run(cmd("ip", &["netns", "exec", &lab.gw])
+        .arg(script_path())
+        .args(["create", &name, "--ca", &ca]));
+    assert!(
+        !out.status.success(),
+        "create under ip netns exec must fail"
+    );
+    assert!(text(&out).1.contains("nsenter"), "{}", text(&out).1);
+    for path in [
+        format!("/run/netns/{name}"),
+        format!("/etc/netns/{name}"),
+        format!("/run/paude-netns/{name}"),
+    ] {
+        assert!(!std::path::Path::new(&path).exists(), "{path} left behind");
+    }
+    assert!(!lab.nft_tables().contains(&format!("paude-{name}")));
+
+    let named = lab.new_agent_name();
+    let out = must(&mut lab.script(&[
+        "run", "--name", &named, "--ca", &ca, "--", "ip", "netns", "identify",
+    ]));
+    assert_eq!(out.trim(), named);
+    assert!(!std::path::Path::new(&format!("/run/netns/{named}")).exists());
+
+    let agent = lab.create_agent(&[]);
+    must(&mut lab.script(&["exec", &agent.name, "--", "true"]));
+    // The proxy's namespace goes away (its container stopped): the veth dies
+    // with it, the agent namespace stays registered.
+    must(&mut cmd("ip", &["netns", "del", &lab.gw]));
+    let out = run(cmd("ip", &["netns", "exec", &lab.inet])
+        .arg(script_path())
+        .args(["exec", &agent.name, "--", "true"])
+        .env("PAUDE_PROXY_BIN", proxy_bin()));
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("is stale"), "{}", text(&out).1);
 }

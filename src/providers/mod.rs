@@ -34,6 +34,9 @@ pub struct Kind {
     /// The `injector` name in the routing table.
     pub name: &'static str,
     pub holds: Holds,
+    /// Other variables the provider reads a real credential from: an agent never inherits
+    /// them and gets no stand-in for them.
+    pub also_reads: &'static [&'static str],
     pub load: Load,
 }
 

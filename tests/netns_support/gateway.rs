@@ -71,6 +71,15 @@ pub const METADATA_NAME: &str = "metadata.test";
 /// What the recording upstreams answer with; never part of a proxy message.
 pub const UPSTREAM_BANNER: &str = "INET-UPSTREAM-ANSWERED";
 
+/// Which user the proxy runs as in gw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyUser {
+    Root,
+    /// A numeric UID (and the same GID), as in pod mode, where the nft rules
+    /// tell the proxy's traffic from the agent's by socket owner.
+    Uid(u32),
+}
+
 /// The inet side plus the running proxy.
 pub struct Gateway {
     pub https: Listener,
@@ -90,6 +99,11 @@ impl Gateway {
 
     /// Like [`Gateway::start`], with extra environment for the proxy.
     pub fn start_with_env(lab: &mut Lab, extra_env: &[(&str, &str)]) -> Gateway {
+        Self::start_as(lab, ProxyUser::Root, extra_env)
+    }
+
+    /// Like [`Gateway::start_with_env`], with the proxy running as USER.
+    pub fn start_as(lab: &mut Lab, user: ProxyUser, extra_env: &[(&str, &str)]) -> Gateway {
         add_inet_hosts(lab);
         let dir = lab.dir.path().join("gw");
         fs::create_dir_all(&dir).expect("gw dir");
@@ -176,8 +190,24 @@ impl Gateway {
         let ca_dir = dir.join("ca");
         let log = fs::File::create(&proxy_log).expect("proxy log");
         let mut proxy = Command::new("ip");
+        proxy.args(["netns", "exec", &lab.gw]);
+        if let ProxyUser::Uid(uid) = user {
+            // The proxy writes its CA and blocked log here; the agent later
+            // reads the CA, so the directories stay world-traversable.
+            use std::os::unix::fs::PermissionsExt;
+            for d in [lab.dir.path(), dir.as_path()] {
+                fs::set_permissions(d, fs::Permissions::from_mode(0o755)).expect("chmod lab dir");
+            }
+            std::os::unix::fs::chown(&dir, Some(uid), Some(uid)).expect("chown gw dir");
+            proxy.args([
+                "setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={uid}"),
+                "--clear-groups",
+            ]);
+        }
         proxy
-            .args(["netns", "exec", &lab.gw, env!("CARGO_BIN_EXE_paude-proxy")])
+            .arg(env!("CARGO_BIN_EXE_paude-proxy"))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", &dir)

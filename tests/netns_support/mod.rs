@@ -57,6 +57,11 @@ pub fn script_path() -> PathBuf {
     repo_root().join("scripts/paude-netns")
 }
 
+/// The binary `paude-netns exec` asks for the credential and CA variables.
+pub fn proxy_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_paude-proxy")
+}
+
 fn lab_py() -> PathBuf {
     repo_root().join("tests/netns_support/lab.py")
 }
@@ -417,7 +422,8 @@ impl Lab {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.gw))
             .arg(script_path())
-            .args(args);
+            .args(args)
+            .env("PAUDE_PROXY_BIN", proxy_bin());
         c
     }
 

@@ -1,80 +1,92 @@
 # shellcheck shell=bash
-# paude-netns: the environment an agent gets from `exec`.
+# paude-netns: the environment an agent gets from `exec` and `run`.
+#
+# The agent starts from an EMPTY environment. It gets only: the allowlist below
+# (from the caller, when set), what --env/--env-file name, the CA trust
+# variables and one stand-in per credential variable of the proxy's routing
+# table. Both lists come from the paude-proxy binary (`ca env`, `routes
+# --vars`), so there is no second copy here that could drift.
 
-# Every runtime's "trust this CA bundle" variable (OpenSSL/Go/Python, Node,
-# requests, curl, git, cargo, pip, Deno, AWS SDKs, gcloud CLI, gRPC, httplib2,
-# Nix). Any of them inherited from the caller would point at roots without the
-# proxy CA, so all are overwritten. SSL_CERT_DIR points at the hashed directory
-# of the same overlay for OpenSSL capath users.
-readonly TRUST_ENV_VARS=(
-	SSL_CERT_FILE NODE_EXTRA_CA_CERTS REQUESTS_CA_BUNDLE CURL_CA_BUNDLE
-	GIT_SSL_CAINFO CARGO_HTTP_CAINFO PIP_CERT DENO_CERT AWS_CA_BUNDLE
-	CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE GRPC_DEFAULT_SSL_ROOTS_FILE_PATH
-	HTTPLIB2_CA_CERTS NIX_SSL_CERT_FILE
-)
+# Inherited from the caller when set, plus every LC_* variable.
+readonly ALLOWED_ENV_VARS=(PATH HOME USER LOGNAME TERM LANG LANGUAGE TZ)
 
 # The value the agent holds instead of a real credential; the proxy overwrites
 # it on the way out.
 readonly DUMMY_CREDENTIAL=paude-proxy-managed
 
-# Mirrors the credential env vars of the proxy's embedded routing table.
-readonly DEFAULT_CREDENTIAL_ENV_VARS=(OPENAI_API_KEY ANTHROPIC_API_KEY GH_TOKEN CURSOR_API_KEY)
-
-# Never inherited by the agent: proxy settings would route around the
-# transparent path, and these Google variables carry a real credential (inline
-# JSON) or the path to one; the agent gets a stub ADC instead (write_stub_adc).
-readonly STRIPPED_ENV_VARS=(
+# Never given to the agent, even through --env: proxy settings would route
+# around the transparent path.
+readonly PROXY_ENV_VARS=(
 	HTTP_PROXY HTTPS_PROXY ALL_PROXY NO_PROXY FTP_PROXY
 	http_proxy https_proxy all_proxy no_proxy ftp_proxy
-	GCP_ADC_JSON GOOGLE_APPLICATION_CREDENTIALS
 )
 
 readonly ENV_NAME_PATTERN='^[A-Za-z_][A-Za-z0-9_]*$'
 
-# Prints the env var names of the non-gcloud entries of a credentials JSON
-# ({credentials:[{env_var, injector, ...}]}), one per line. gcloud entries name
-# a file path, not a secret value, so a dummy string would only break SDKs.
-credential_vars_from_config() {
-	local file=$1
-	if command -v jq >/dev/null 2>&1; then
-		jq -r '.credentials[] | select(.injector != "gcloud") | .env_var
-			| if type == "string" then . else error("env_var must be a string") end' -- "${file}"
-	elif command -v python3 >/dev/null 2>&1; then
-		python3 -c '
-import json, sys
-with open(sys.argv[1]) as f:
-    for entry in json.load(f)["credentials"]:
-        if entry.get("injector") != "gcloud":
-            print(entry["env_var"])
-' "${file}"
-	else
-		return 2
-	fi
+# --env / --env-file of exec and run, in the order given (later wins).
+OPT_ENV=()
+OPT_ENV_FILES=()
+
+# Consumes one agent-environment option from "$@"; sets SHIFT_BY like
+# parse_create_option.
+parse_env_option() {
+	SHIFT_BY=0
+	case $1 in
+	--env | --env-file)
+		(($# >= 2)) || usage_error "$1 needs a value"
+		set_env_option "$1" "$2"
+		SHIFT_BY=2
+		;;
+	--env=* | --env-file=*)
+		set_env_option "${1%%=*}" "${1#*=}"
+		SHIFT_BY=1
+		;;
+	esac
 }
 
-# Prints every credential env var the agent must hold a dummy for: the default
-# table plus whatever PAUDE_PROXY_CREDENTIALS_CONFIG names. The defaults are
-# always included so that a real key in the caller's environment never reaches
-# the agent, whatever the config says.
-credential_env_vars() {
-	local config=${PAUDE_PROXY_CREDENTIALS_CONFIG:-} names rc var
-	printf '%s\n' "${DEFAULT_CREDENTIAL_ENV_VARS[@]}"
-	[[ -n ${config} ]] || return 0
-	[[ -r ${config} ]] || die "PAUDE_PROXY_CREDENTIALS_CONFIG '${config}' is not readable"
-	rc=0
-	names=$(credential_vars_from_config "${config}") || rc=$?
-	if ((rc == 2)); then
-		warn "neither jq nor python3 found: using the default credential list, not ${config}"
-		return 0
+set_env_option() {
+	case $1 in
+	--env)
+		[[ ${2%%=*} =~ ${ENV_NAME_PATTERN} ]] || usage_error "--env: '${2%%=*}' is not a variable name"
+		OPT_ENV+=("$2")
+		;;
+	--env-file)
+		[[ -r $2 ]] || usage_error "--env-file: '$2' is not readable"
+		OPT_ENV_FILES+=("$2")
+		;;
+	esac
+}
+
+# The paude-proxy binary: PAUDE_PROXY_BIN, else the one on PATH. Required: it
+# alone knows which variables are credentials and which runtimes need which
+# CA variable.
+proxy_bin() {
+	local bin=${PAUDE_PROXY_BIN:-}
+	if [[ -z ${bin} ]]; then
+		bin=$(command -v paude-proxy 2>/dev/null) ||
+			die "paude-proxy not found: put it on PATH or set PAUDE_PROXY_BIN (it says which variables are credentials)"
 	fi
-	# Fail closed: if we cannot tell which variables are credentials, a real
-	# value in the caller's environment could leak into the agent.
-	((rc == 0)) || die "cannot parse PAUDE_PROXY_CREDENTIALS_CONFIG '${config}' (expected {\"credentials\":[{\"env_var\":...}]})"
-	while IFS= read -r var; do
-		[[ -z ${var} ]] && continue
-		[[ ${var} =~ ${ENV_NAME_PATTERN} ]] || die "credentials config names an invalid env var '${var}'"
-		printf '%s\n' "${var}"
-	done <<<"${names}"
+	[[ -x ${bin} ]] || die "PAUDE_PROXY_BIN '${bin}' is not executable"
+	printf '%s' "${bin}"
+}
+
+# Prints `HOLDS NAME` lines (value|path|unset) for the proxy's routing table:
+# the embedded one, or PAUDE_PROXY_CREDENTIALS_CONFIG. Fails closed.
+credential_vars() {
+	local bin out
+	bin=$(proxy_bin)
+	out=$("${bin}" routes --vars) ||
+		die "cannot read the credential routing table (PAUDE_PROXY_CREDENTIALS_CONFIG='${PAUDE_PROXY_CREDENTIALS_CONFIG:-}')"
+	printf '%s\n' "${out}"
+}
+
+# Prints `NAME=VALUE` lines of the CA trust variables for BUNDLE.
+trust_vars() {
+	local bundle=$1 bin out
+	bin=$(proxy_bin)
+	out=$("${bin}" ca env --no-proxy --format plain --bundle "${bundle}" --cert-dir "${bundle%/*}") ||
+		die "'paude-proxy ca env' failed"
+	printf '%s\n' "${out}"
 }
 
 # The stub Application Default Credentials the agent holds when the proxy has a
@@ -104,26 +116,101 @@ write_stub_adc() {
 	printf '%s' "${file}"
 }
 
-# Applies the agent environment to the current shell (called right before
-# exec-ing into the namespace).
-apply_agent_env() {
-	local name=$1 bundle var vars stub=""
+# A file named by a credential variable that holds a path: the stub the agent
+# gets instead, or nothing (then the variable stays unset). Providers with
+# stub files add a case here.
+stub_file_for() {
+	local var=$1 name=$2
+	case ${var} in
+	GOOGLE_APPLICATION_CREDENTIALS)
+		if gcloud_configured; then write_stub_adc "${name}"; fi
+		;;
+	esac
+}
+
+is_proxy_var() {
+	local var=$1 p
+	for p in "${PROXY_ENV_VARS[@]}"; do
+		[[ ${var} == "${p}" ]] && return 0
+	done
+	return 1
+}
+
+# Fills AGENT_ENV with NAME=VALUE words for agent NAME.
+AGENT_ENV=()
+build_agent_env() {
+	local name=$1 bundle creds trust holds var line file stub locale_vars
+	local -A env=() credential=()
 	bundle=$(bundle_path_for "${name}")
-	if gcloud_configured; then
-		stub=$(write_stub_adc "${name}")
-	fi
-	for var in "${STRIPPED_ENV_VARS[@]}"; do
-		unset "${var}"
+	creds=$(credential_vars)
+	trust=$(trust_vars "${bundle}")
+
+	mapfile -t locale_vars < <(compgen -e LC_ || true)
+	for var in "${ALLOWED_ENV_VARS[@]}" "${locale_vars[@]}"; do
+		if [[ -v ${var} ]]; then env[${var}]=${!var}; fi
 	done
-	if [[ -n ${stub} ]]; then
-		export GOOGLE_APPLICATION_CREDENTIALS="${stub}"
-	fi
-	for var in "${TRUST_ENV_VARS[@]}"; do
-		export "${var}=${bundle}"
+
+	while read -r holds var; do
+		[[ -z ${var} ]] && continue
+		[[ ${var} =~ ${ENV_NAME_PATTERN} ]] || die "the routing table names an invalid variable '${var}'"
+		credential[${var}]=${holds}
+	done <<<"${creds}"
+
+	local entries=("${OPT_ENV[@]}")
+	for file in "${OPT_ENV_FILES[@]}"; do
+		while IFS= read -r line || [[ -n ${line} ]]; do
+			line=${line#"${line%%[![:space:]]*}"}
+			[[ -z ${line} || ${line} == '#'* ]] && continue
+			line=${line#export }
+			[[ ${line} == *=* && ${line%%=*} =~ ${ENV_NAME_PATTERN} ]] ||
+				usage_error "--env-file ${file}: expected NAME=VALUE lines, got '${line%%=*}...'"
+			entries+=("${line}")
+		done <"${file}"
 	done
-	export SSL_CERT_DIR="${bundle%/*}"
-	vars=$(credential_env_vars)
-	while IFS= read -r var; do
-		export "${var}=${DUMMY_CREDENTIAL}"
-	done <<<"${vars}"
+	for line in "${entries[@]}"; do
+		var=${line%%=*}
+		if [[ -v credential[${var}] ]]; then
+			usage_error "--env ${var}: a credential variable of the proxy; the agent gets a stand-in for it"
+		fi
+		if is_proxy_var "${var}"; then
+			usage_error "--env ${var}: proxy settings would route around the transparent path"
+		fi
+		if [[ ${line} == *=* ]]; then
+			env[${var}]=${line#*=}
+		elif [[ -v ${var} ]]; then
+			env[${var}]=${!var}
+		fi
+	done
+
+	while IFS= read -r line; do
+		[[ -z ${line} ]] && continue
+		var=${line%%=*}
+		[[ ${var} =~ ${ENV_NAME_PATTERN} ]] || die "'paude-proxy ca env' printed an invalid line"
+		env[${var}]=${line#*=}
+	done <<<"${trust}"
+
+	for var in "${!credential[@]}"; do
+		case ${credential[${var}]} in
+		value) env[${var}]=${DUMMY_CREDENTIAL} ;;
+		path)
+			unset 'env[${var}]'
+			stub=$(stub_file_for "${var}" "${name}")
+			if [[ -n ${stub} ]]; then env[${var}]=${stub}; fi
+			;;
+		*) unset 'env[${var}]' ;;
+		esac
+	done
+
+	AGENT_ENV=()
+	for var in "${!env[@]}"; do
+		AGENT_ENV+=("${var}=${env[${var}]}")
+	done
+}
+
+# Replaces this process with CMD inside agent NAME, in the agent environment.
+exec_agent() {
+	local name=$1
+	shift
+	build_agent_env "${name}"
+	exec ip netns exec "${name}" env -i -- "${AGENT_ENV[@]}" "$@"
 }

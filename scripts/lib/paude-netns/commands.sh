@@ -70,13 +70,15 @@ cmd_create() {
 	validate_name "${name}"
 	require_root
 	require_tools
+	# Checked before anything is made: a namespace registered from a private
+	# mount namespace would vanish when we exit, leaving half an agent.
+	if ! mount_ns_outlives_us; then
+		die "this process has a private mount namespace that ends when it exits (as under 'ip netns exec'), so namespace '${name}' would vanish with it; run paude-netns under 'nsenter --net=PATH' instead, or use 'paude-netns run'"
+	fi
 
 	trap 'rollback_create' EXIT
 	create_agent "${name}"
 	trap - EXIT
-	if ! mount_ns_outlives_us; then
-		warn "this process has a private mount namespace that ends when it exits (as under 'ip netns exec'), so namespace '${name}' is about to vanish; run paude-netns under 'nsenter --net=PATH' instead, or use 'paude-netns run'"
-	fi
 }
 
 rollback_create() {
@@ -102,6 +104,13 @@ cmd_exec() {
 			shift
 			break
 			;;
+		esac
+		parse_env_option "$@"
+		if ((SHIFT_BY > 0)); then
+			shift "${SHIFT_BY}"
+			continue
+		fi
+		case $1 in
 		-*) usage_error "exec: unknown option '$1'" ;;
 		*)
 			[[ -z ${name} ]] || usage_error "exec: unexpected argument '$1' (put the command after --)"
@@ -119,8 +128,12 @@ cmd_exec() {
 	if ! ip netns exec "${name}" true 2>/dev/null; then
 		die "namespace '${name}' is registered but not usable (it was probably created under 'ip netns exec'); run 'paude-netns destroy ${name}' and create it again"
 	fi
-	apply_agent_env "${name}"
-	exec ip netns exec "${name}" "$@"
+	# The agent's end of the veth dies with the other end, i.e. when the
+	# proxy's namespace is gone: the agent would have no way out at all.
+	if ! ip -n "${name}" link show dev "${AGENT_IFNAME}" >/dev/null 2>&1; then
+		die "agent '${name}' is stale: its link to the proxy's namespace is gone (was the proxy's container or namespace removed?); run 'paude-netns destroy ${name}' and create it again next to the proxy"
+	fi
+	exec_agent "${name}" "$@"
 }
 
 cmd_destroy() {
@@ -150,6 +163,7 @@ RUN_NAME=""
 RUN_CHILD=""
 
 cmd_run() {
+	local name=""
 	while (($# > 0)); do
 		case $1 in
 		-h | --help)
@@ -160,8 +174,22 @@ cmd_run() {
 			shift
 			break
 			;;
+		--name)
+			(($# >= 2)) || usage_error "--name needs a value"
+			validate_name "$2"
+			name=$2
+			shift 2
+			continue
+			;;
+		--name=*)
+			name=${1#*=}
+			validate_name "${name}"
+			shift
+			continue
+			;;
 		esac
 		parse_create_option "$@"
+		if ((SHIFT_BY == 0)); then parse_env_option "$@"; fi
 		((SHIFT_BY > 0)) || usage_error "run: unknown argument '$1' (put the command after --)"
 		shift "${SHIFT_BY}"
 	done
@@ -169,10 +197,16 @@ cmd_run() {
 	require_root
 	require_tools
 
-	RUN_NAME="run-$$"
-	while netns_exists "${RUN_NAME}"; do
-		RUN_NAME="run-$$-${RANDOM}"
-	done
+	if [[ -n ${name} ]]; then
+		# An existing agent of that name is refused by create_agent, and not
+		# cleaned up: BUILT_AGENT is only set once this run builds it.
+		RUN_NAME=${name}
+	else
+		RUN_NAME="run-$$"
+		while netns_exists "${RUN_NAME}"; do
+			RUN_NAME="run-$$-${RANDOM}"
+		done
+	fi
 
 	trap 'run_cleanup' EXIT
 	trap 'run_on_signal INT 130' INT
@@ -186,8 +220,7 @@ cmd_run() {
 	# restores default signal handling so that CMD sees Ctrl-C as usual.
 	(
 		trap - INT QUIT TERM HUP EXIT
-		apply_agent_env "${RUN_NAME}"
-		exec ip netns exec "${RUN_NAME}" "$@"
+		exec_agent "${RUN_NAME}" "$@"
 	) <&0 &
 	RUN_CHILD=$!
 

@@ -2,11 +2,6 @@
 # paude-netns: shared constants, messages, preconditions, names and state.
 # Sourced by scripts/paude-netns; not meant to be run on its own.
 
-# Defaults match the proxy's documented example listeners
-# (PAUDE_PROXY_TRANSPARENT_LISTEN=:3129, PAUDE_PROXY_DNS_LISTEN=:3153).
-readonly DEFAULT_TRANSPARENT_PORT=3129
-readonly DEFAULT_DNS_PORT=3153
-
 # Runtime state lives on tmpfs: it is only meaningful while the namespace exists,
 # and namespaces do not survive a reboot either.
 readonly STATE_ROOT=/run/paude-netns
@@ -23,20 +18,7 @@ readonly STOP_POLL_SECONDS=0.1
 # Interface name of the agent's end of the veth, inside its own namespace.
 readonly AGENT_IFNAME=eth0
 
-info() { printf 'paude-netns: %s\n' "$*" >&2; }
-warn() { printf 'paude-netns: warning: %s\n' "$*" >&2; }
-die() {
-	printf 'paude-netns: error: %s\n' "$*" >&2
-	exit 1
-}
-
-# Exit status for usage errors, as in sysexits.h (EX_USAGE), so that wrappers
-# can tell a bad invocation from a failed setup.
-readonly EXIT_USAGE=64
-usage_error() {
-	printf 'paude-netns: %s (see --help)\n' "$*" >&2
-	exit "$EXIT_USAGE"
-}
+# Messages, EXIT_USAGE, default ports and validate_port: ../shared/common.sh.
 
 require_root() {
 	if [[ ${EUID} -ne 0 ]]; then
@@ -52,9 +34,7 @@ require_tools() {
 	if ! ip netns list >/dev/null 2>&1; then
 		die "'ip netns' does not work here: install the full iproute2 (busybox ip lacks netns support)"
 	fi
-	if ! command -v nft >/dev/null 2>&1; then
-		die "'nft' not found: install nftables (Debian/Ubuntu: apt-get install nftables; Fedora: dnf install nftables)"
-	fi
+	require_nft
 }
 
 # Names end up in a netns name, a path under /etc/netns and /run, and an nft
@@ -64,13 +44,6 @@ validate_name() {
 	local name=$1
 	if [[ ! ${name} =~ ${NAME_PATTERN} ]]; then
 		usage_error "invalid agent name '${name}': use 1-32 characters of A-Z a-z 0-9 _ -, starting with a letter or digit"
-	fi
-}
-
-validate_port() {
-	local what=$1 value=$2
-	if [[ ! ${value} =~ ^[0-9]{1,5}$ ]] || ((10#${value} < 1 || 10#${value} > 65535)); then
-		usage_error "${what} must be a port number in 1..65535, got '${value}'"
 	fi
 }
 
@@ -89,7 +62,6 @@ etc_dir_for() { printf '%s/%s' "${ETC_NETNS_ROOT}" "$1"; }
 
 netns_exists() { [[ -e "${NETNS_RUN_DIR}/$1" ]]; }
 link_exists() { ip link show dev "$1" >/dev/null 2>&1; }
-table_exists() { nft list table inet "$1" >/dev/null 2>&1; }
 
 # State is plain key=value lines, parsed (never sourced) so a tampered file
 # cannot run code as root.

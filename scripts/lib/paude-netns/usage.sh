@@ -56,30 +56,40 @@ $(usage_create_options)
 
 Note: separate create/exec/destroy calls need a mount namespace that outlives
 each call. 'ip netns exec OTHER paude-netns create ...' runs in a throwaway
-mount namespace, so NAME vanishes when it returns; use
+mount namespace, in which NAME would vanish when it returns, so create refuses
+to start there (nothing is made); use
 'nsenter --net=/run/netns/OTHER paude-netns ...' or 'paude-netns run' instead.
+EOF
+}
+
+usage_env_options() {
+	cat <<EOF
+  --env NAME[=VALUE]    also give the agent NAME (VALUE, or the caller's value);
+                        repeatable. Credential and proxy variables are refused.
+  --env-file FILE       NAME=VALUE lines (blank lines and # comments skipped,
+                        no quoting or expansion); repeatable
 EOF
 }
 
 usage_exec() {
 	cat <<EOF
-Usage: paude-netns exec NAME -- CMD [ARG...]
+Usage: paude-netns exec NAME [--env NAME[=VALUE]]... [--env-file FILE]... -- CMD [ARG...]
 
 Runs CMD inside agent namespace NAME (via 'ip netns exec', so /etc/netns/NAME
-overlays /etc). The environment gets:
-  - SSL_CERT_FILE, SSL_CERT_DIR, NODE_EXTRA_CA_CERTS, REQUESTS_CA_BUNDLE,
-    CURL_CA_BUNDLE, GIT_SSL_CAINFO, CARGO_HTTP_CAINFO, PIP_CERT, DENO_CERT,
-    AWS_CA_BUNDLE, CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE,
-    GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, HTTPLIB2_CA_CERTS, NIX_SSL_CERT_FILE
-    pointing at the agent's CA bundle (system roots + proxy CA);
-  - ${DUMMY_CREDENTIAL} for OPENAI_API_KEY, ANTHROPIC_API_KEY, GH_TOKEN,
-    CURSOR_API_KEY and every env_var of \$PAUDE_PROXY_CREDENTIALS_CONFIG
-    (gcloud entries excepted), replacing any real value;
-  - no HTTP(S)_PROXY/ALL_PROXY/NO_PROXY (any case), GCP_ADC_JSON or real
-    GOOGLE_APPLICATION_CREDENTIALS; when the caller has GCP_ADC_JSON or
-    GOOGLE_APPLICATION_CREDENTIALS set (or PAUDE_NETNS_GCLOUD=1), the agent
-    gets GOOGLE_APPLICATION_CREDENTIALS pointing at a stub ADC file (the JSON
-    'paude-proxy stub-adc' prints) that holds no real credential.
+overlays /etc) from an EMPTY environment plus:
+  - PATH, HOME, USER, LOGNAME, TERM, LANG, LANGUAGE, TZ and LC_* when set;
+  - what --env and --env-file name;
+  - the CA variables of 'paude-proxy ca env' (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS,
+    npm_config_cafile, REQUESTS_CA_BUNDLE, CODEX_CA_CERTIFICATE, ...) and
+    SSL_CERT_DIR, pointing at the agent's bundle (system roots + proxy CA);
+  - ${DUMMY_CREDENTIAL} for every credential variable that holds a value in
+    the proxy's routing table ('paude-proxy routes --vars': the embedded table,
+    or \$PAUDE_PROXY_CREDENTIALS_CONFIG); a variable that holds a file path
+    gets a stub file or stays unset: GOOGLE_APPLICATION_CREDENTIALS points at a
+    stub ADC (the JSON 'paude-proxy stub-adc' prints) when the caller has
+    GCP_ADC_JSON or GOOGLE_APPLICATION_CREDENTIALS set (or PAUDE_NETNS_GCLOUD=1).
+No proxy variable reaches the agent. paude-proxy must be on PATH (or set
+PAUDE_PROXY_BIN). Fails if the agent is stale (the proxy's namespace is gone).
 
 CMD runs as root unless you drop privileges, and root inside the namespace
 could leave it (e.g. by entering another namespace); run agents as an
@@ -87,7 +97,8 @@ unprivileged user, e.g.
   paude-netns exec NAME -- runuser -u agent -- CMD
 
 Options:
-  -h, --help  this text
+$(usage_env_options)
+  -h, --help            this text
 EOF
 }
 
@@ -95,13 +106,16 @@ usage_run() {
 	cat <<EOF
 Usage: paude-netns run [OPTIONS] -- CMD [ARG...]
 
-Creates an agent namespace with a generated name, runs CMD in it as 'exec'
-does, and destroys the namespace when CMD exits or when paude-netns gets
-SIGINT, SIGTERM or SIGHUP (forwarded to CMD, which gets ${STOP_GRACE_SECONDS}s before SIGKILL).
+Creates an agent namespace (named NAME, or a generated name), runs CMD in it as
+'exec' does (same environment), and destroys the namespace when CMD exits or
+when paude-netns gets SIGINT, SIGTERM or SIGHUP (forwarded to CMD, which gets ${STOP_GRACE_SECONDS}s before SIGKILL).
 Exits with CMD's status (128+N if a signal N ended the run).
 Works under 'ip netns exec' too, because everything happens in one process.
 
 $(usage_create_options)
+  --name NAME           the agent's name (default run-PID); an existing agent
+                        of that name is refused, never touched
+$(usage_env_options)
 EOF
 }
 

@@ -24,6 +24,7 @@ use crate::providers::{Kind, Loaded};
 pub const KIND: Kind = Kind {
     name: "anthropic_oauth",
     holds: Holds::Path,
+    also_reads: &[],
     load,
 };
 

@@ -27,6 +27,7 @@ use crate::providers::{Kind, Loaded};
 pub const KIND: Kind = Kind {
     name: "gcloud",
     holds: Holds::Path,
+    also_reads: &[INLINE_ADC_VAR],
     load,
 };
 

@@ -24,6 +24,8 @@ use crate::providers::{Kind, Loaded};
 pub const KIND: Kind = Kind {
     name: "chatgpt",
     holds: Holds::Path,
+    // The proxy's own copy of rotated tokens: the agent must not even learn its path.
+    also_reads: &[STATE_FILE_VAR],
     load,
 };
 
