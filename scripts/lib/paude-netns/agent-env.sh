@@ -18,7 +18,7 @@ readonly TRUST_ENV_VARS=(
 readonly DUMMY_CREDENTIAL=paude-proxy-managed
 
 # Mirrors the credential env vars of the proxy's embedded routing table.
-readonly DEFAULT_CREDENTIAL_ENV_VARS=(OPENAI_API_KEY ANTHROPIC_API_KEY GH_TOKEN CURSOR_API_KEY)
+readonly DEFAULT_CREDENTIAL_ENV_VARS=(CLAUDE_CODE_OAUTH_TOKEN ANTHROPIC_API_KEY OPENAI_API_KEY CURSOR_API_KEY GH_TOKEN)
 
 # Never inherited by the agent: proxy settings would route around the
 # transparent path, and these Google variables carry a real credential (inline
@@ -37,14 +37,14 @@ readonly ENV_NAME_PATTERN='^[A-Za-z_][A-Za-z0-9_]*$'
 credential_vars_from_config() {
 	local file=$1
 	if command -v jq >/dev/null 2>&1; then
-		jq -r '.credentials[] | select(.injector != "gcloud") | .env_var
+		jq -r '.credentials[] | select(.injector | IN("gcloud", "anthropic_oauth", "chatgpt") | not) | .env_var
 			| if type == "string" then . else error("env_var must be a string") end' -- "${file}"
 	elif command -v python3 >/dev/null 2>&1; then
 		python3 -c '
 import json, sys
 with open(sys.argv[1]) as f:
     for entry in json.load(f)["credentials"]:
-        if entry.get("injector") != "gcloud":
+        if entry.get("injector") not in ("gcloud", "anthropic_oauth", "chatgpt"):
             print(entry["env_var"])
 ' "${file}"
 	else
@@ -112,6 +112,7 @@ apply_agent_env() {
 	if gcloud_configured; then
 		stub=$(write_stub_adc "${name}")
 	fi
+	install_subscription_stubs
 	for var in "${STRIPPED_ENV_VARS[@]}"; do
 		unset "${var}"
 	done
