@@ -184,6 +184,17 @@ pub enum PatternError {
     Regex(String),
 }
 
+/// The pattern as a table writes it (`api.x.com`, `.x.com`, `~regex`).
+impl fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainPattern::Exact(h) => write!(f, "{h}"),
+            DomainPattern::Suffix(h) => write!(f, ".{h}"),
+            DomainPattern::Regex(r) => write!(f, "~{}", r.as_str()),
+        }
+    }
+}
+
 impl DomainPattern {
     pub fn parse(raw: &str) -> Result<DomainPattern, PatternError> {
         let raw = raw.trim();
