@@ -948,3 +948,73 @@ fn the_anthropic_sdk_gets_the_key_in_whichever_header_it_uses() {
     }
     gw.assert_no_leaks(&[&stdout, &stderr]);
 }
+
+/// Transparent mode with a ChatGPT sign-in: under `/backend-api` on chatgpt.com the
+/// upstream gets the real bearer and account id from the proxy's auth.json; elsewhere on
+/// the host neither (the table's next route, OPENAI_API_KEY on `.chatgpt.com`, applies).
+#[test]
+fn chatgpt_subscription_is_injected_in_transparent_mode() {
+    const TEST: &str = "chatgpt_subscription_is_injected_in_transparent_mode";
+    if !netns_ready(TEST) || !tool_ready(TEST, "curl") {
+        return;
+    }
+    use base64::Engine;
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let access = format!(
+        "{}.{}.netnsREALsig7c41",
+        b64(&json!({"alg": "RS256"})),
+        b64(&json!({"exp": 4_102_444_800u64, "who": "netns-REAL-access"}))
+    );
+    let account = "acct-netns-REAL-9f2e";
+    let mut lab = Lab::new("cgp");
+    let auth = lab.dir.path().join("codex-auth.json");
+    fs::write(
+        &auth,
+        json!({"auth_mode": "chatgpt", "tokens": {"access_token": access, "refresh_token": "rt-netns-REAL", "account_id": account}})
+            .to_string(),
+    )
+    .expect("write auth.json");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&auth, fs::Permissions::from_mode(0o600)).expect("chmod");
+    let auth_path = auth.display().to_string();
+    let gw = Gateway::start_with_env(&mut lab, &[("CHATGPT_AUTH_FILE", &auth_path)]);
+    let agent = lab.create_agent(&[]);
+    for path in ["/backend-api/me", "/other"] {
+        let out = agent_curl(
+            &lab,
+            &agent.name,
+            &format!(
+                "-H 'authorization: Bearer paude-proxy-managed-access' https://{CHATGPT_NAME}{path}"
+            ),
+        );
+        assert_code(&out, "200", &gw);
+        assert!(
+            !out.all().contains(&access) && !out.all().contains(account),
+            "{out:#?}"
+        );
+    }
+    let reqs = gw.https_at(CHATGPT_V4);
+    assert_eq!(reqs.len(), 2, "{reqs:#?}");
+    assert_eq!(
+        header(&reqs[0], "authorization"),
+        vec![format!("Bearer {access}")],
+        "{:#}",
+        reqs[0]
+    );
+    assert_eq!(
+        header(&reqs[0], "chatgpt-account-id"),
+        vec![account.to_string()]
+    );
+    assert_eq!(
+        header(&reqs[1], "authorization"),
+        vec![format!("Bearer {OPENAI_SECRET}")],
+        "outside /backend-api the ChatGPT token is not used: {:#}",
+        reqs[1]
+    );
+    assert!(header(&reqs[1], "chatgpt-account-id").is_empty());
+    let log = gw.proxy_log();
+    assert!(
+        !log.contains(&access) && !log.contains(account),
+        "a token leaked into the log"
+    );
+}
