@@ -27,7 +27,13 @@ pub const FALLBACK_CA_DIR: &str = "paude-proxy-ca";
     name = "paude-proxy",
     version,
     about = "Credential-injecting HTTPS interception proxy: the agent holds dummy keys, the proxy injects the real ones.",
-    after_help = "Every option can also be set through the environment variable shown beside it."
+    after_help = "Every option can also be set through the environment variable shown beside it.\n\n\
+Credentials (embedded routing table; see README \"Credential routing\"): values in \
+CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_API_KEY, OPENAI_API_KEY, CURSOR_API_KEY, GH_TOKEN; \
+file paths in ANTHROPIC_OAUTH_CREDS_FILE (Claude subscription), CHATGPT_AUTH_FILE \
+(ChatGPT/Codex; rotated tokens in PAUDE_PROXY_CHATGPT_AUTH_STATE_FILE), \
+GOOGLE_APPLICATION_CREDENTIALS (or inline GCP_ADC_JSON). The agent holds dummies or the \
+files `paude-proxy stub claude|codex|adc` prints."
 )]
 pub struct Args {
     /// Explicit proxy listener, `[ip]:port` (`:3128` = all interfaces).

@@ -174,17 +174,6 @@ pub enum DomainPattern {
     Regex(Regex),
 }
 
-/// As written in the configuration.
-impl fmt::Display for DomainPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DomainPattern::Exact(h) => write!(f, "{h}"),
-            DomainPattern::Suffix(h) => write!(f, ".{h}"),
-            DomainPattern::Regex(r) => write!(f, "~{}", r.as_str()),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PatternError {
     #[error("empty entry")]
@@ -193,6 +182,17 @@ pub enum PatternError {
     Host(String, HostError),
     #[error("regex does not compile: {0}")]
     Regex(String),
+}
+
+/// The pattern as a table writes it (`api.x.com`, `.x.com`, `~regex`).
+impl fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainPattern::Exact(h) => write!(f, "{h}"),
+            DomainPattern::Suffix(h) => write!(f, ".{h}"),
+            DomainPattern::Regex(r) => write!(f, "~{}", r.as_str()),
+        }
+    }
 }
 
 impl DomainPattern {

@@ -150,7 +150,7 @@ pub fn path_has_prefix(path: &str, prefix: &str) -> bool {
 #[derive(Clone, Debug)]
 pub struct Route {
     pub env_var: String,
-    /// The injector kind as the table names it (`bearer`, `gcloud`, ...).
+    /// The injector kind as the table names it (`bearer`, `api_key`, a provider kind, ...).
     pub kind: String,
     pub matcher: Matcher,
     pub injector: Injector,

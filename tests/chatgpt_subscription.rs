@@ -404,3 +404,35 @@ fn stub_codex_prints_placeholders_only() {
     let id = v["tokens"]["id_token"].as_str().unwrap();
     assert_eq!(id.split('.').count(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_h2_the_same_scoping_holds() {
+    let lab = lab().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("auth.json");
+    let access = lab.access(3600);
+    write_private(&source, &lab.auth_json(&access));
+    lab.fake.accept(&access);
+    let proxy = watch(lab.builder(&source), &access).spawn();
+    let h2 = support::h2::H2Client::open(&proxy, CHATGPT, lab.fake.port()).await;
+    for (path, injected) in [("/backend-api/me", true), ("/other", false)] {
+        let req = h2
+            .request("GET", path)
+            .header("authorization", DUMMY)
+            .body(support::body::empty())
+            .unwrap();
+        h2.send(req).await;
+        let got = lab.fake.api_requests().pop().unwrap();
+        let want = if injected {
+            format!("Bearer {access}")
+        } else {
+            DUMMY.to_string()
+        };
+        assert_eq!(got.values("authorization"), vec![want], "{path}");
+        assert_eq!(
+            got.values("chatgpt-account-id").is_empty(),
+            !injected,
+            "{path}"
+        );
+    }
+}

@@ -444,3 +444,34 @@ fn stub_claude_prints_placeholders_only() {
     assert_eq!(o["refreshToken"], PLACEHOLDER);
     assert!(o["expiresAt"].as_u64().unwrap() > now_ms() + 10 * 365 * 86_400_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_token_is_injected_over_h2() {
+    let lab = lab().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = creds_path(&dir);
+    let access = lab.minted(5);
+    write_creds(
+        &path,
+        &creds_json(&access, &lab.first_refresh, now_ms() + 3_600_000),
+    );
+    lab.fake.accept(&access);
+    let proxy = watch(lab.builder(&path), &access).spawn();
+    let h2 = H2Client::open(&proxy, API, lab.fake.port()).await;
+    let req = h2
+        .request("POST", "/v1/messages")
+        .header("authorization", format!("Bearer {PLACEHOLDER}"))
+        .header("x-api-key", PLACEHOLDER)
+        .body(support::body::full("{}"))
+        .unwrap();
+    assert_eq!(h2.send(req).await.status().as_u16(), 200);
+    let got = lab.fake.api_requests().pop().unwrap();
+    assert_eq!(
+        got.values("authorization"),
+        vec![format!("Bearer {access}")]
+    );
+    assert!(
+        got.values("x-api-key").is_empty(),
+        "the owned x-api-key dummy is gone"
+    );
+}

@@ -1106,3 +1106,69 @@ fn create_refuses_a_throwaway_mount_namespace_run_takes_a_name_and_exec_spots_a_
     assert!(!out.status.success());
     assert!(text(&out).1.contains("is stale"), "{}", text(&out).1);
 }
+
+#[test]
+fn exec_installs_the_subscription_stubs_and_never_the_real_paths() {
+    if !netns_ready("exec_installs_the_subscription_stubs_and_never_the_real_paths") {
+        return;
+    }
+    let mut lab = Lab::new("sub");
+    let agent = lab.create_agent(&[]);
+    let home = lab.dir.path().join("home");
+    fs::create_dir_all(&home).expect("home");
+    let out = run(lab
+        .script(&["exec", &agent.name, "--", "env"])
+        .env("HOME", &home)
+        .env_remove("CLAUDE_CONFIG_DIR")
+        .env_remove("CODEX_HOME")
+        .env("ANTHROPIC_OAUTH_CREDS_FILE", "/secrets/claude.json")
+        .env("CHATGPT_AUTH_FILE", "/secrets/codex.json")
+        .env("CLAUDE_CODE_OAUTH_TOKEN", "sk-ant-oat01-real-secret"));
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stdout.contains("real-secret") && !stdout.contains("/secrets/"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "CLAUDE_CODE_OAUTH_TOKEN=paude-proxy-managed")
+    );
+    for (file, kind) in [
+        (".claude/.credentials.json", "claude"),
+        (".codex/auth.json", "codex"),
+    ] {
+        let path = home.join(file);
+        let installed: Value =
+            serde_json::from_str(&fs::read_to_string(&path).expect("stub installed"))
+                .expect("JSON");
+        let printed = std::process::Command::new(env!("CARGO_BIN_EXE_paude-proxy"))
+            .args(["stub", kind])
+            .output()
+            .expect("paude-proxy stub");
+        let printed: Value = serde_json::from_slice(&printed.stdout).expect("stub prints JSON");
+        assert_eq!(
+            installed, printed,
+            "{kind}: the installed stub is `paude-proxy stub {kind}`"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{kind} stub is owner-only");
+    }
+    // A real file in the agent's home is never replaced.
+    let real = home.join(".claude/.credentials.json");
+    fs::write(&real, "{\"claudeAiOauth\":{\"accessToken\":\"real\"}}").expect("real");
+    let out = run(lab
+        .script(&["exec", &agent.name, "--", "true"])
+        .env("HOME", &home)
+        .env("ANTHROPIC_OAUTH_CREDS_FILE", "/secrets/claude.json"));
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("not replaced"), "{stderr}");
+    assert!(
+        fs::read_to_string(&real)
+            .expect("real")
+            .contains("\"real\"")
+    );
+}

@@ -58,6 +58,8 @@ pub const OPENAI_NAME: &str = "api.openai.com";
 pub const OPENAI_V4: &str = "203.0.113.10";
 pub const ANTHROPIC_NAME: &str = "api.anthropic.com";
 pub const ANTHROPIC_V4: &str = "203.0.113.11";
+pub const CHATGPT_NAME: &str = "chatgpt.com";
+pub const CHATGPT_V4: &str = "203.0.113.12";
 /// Allowed, known only to the fake upstream resolver (not the hosts file).
 pub const CDN_NAME: &str = "cdn.test";
 pub const CDN_V4: &str = "203.0.113.20";
@@ -111,6 +113,7 @@ impl Gateway {
         let pki = test_pki_for(&[
             OPENAI_NAME,
             ANTHROPIC_NAME,
+            CHATGPT_NAME,
             CDN_NAME,
             METADATA_NAME,
             IP_ONLY_V4,
@@ -181,6 +184,7 @@ impl Gateway {
                 "# The lab's DNS: read by the proxy's lookups and its sandbox DNS.\n\
                  {OPENAI_V4} {OPENAI_NAME}\n\
                  {ANTHROPIC_V4} {ANTHROPIC_NAME}\n\
+                 {CHATGPT_V4} {CHATGPT_NAME}\n\
                  {METADATA_V4} {METADATA_NAME}\n"
             ),
         )
@@ -236,7 +240,7 @@ impl Gateway {
             .env("BLOCKED_LOG_PATH", &blocked_log)
             .env(
                 "ALLOWED_DOMAINS",
-                format!("{OPENAI_NAME},{ANTHROPIC_NAME},{CDN_NAME},{METADATA_NAME},{IP_ONLY_V4}"),
+                format!("{OPENAI_NAME},{ANTHROPIC_NAME},{CHATGPT_NAME},{CDN_NAME},{METADATA_NAME},{IP_ONLY_V4}"),
             )
             .env("OPENAI_API_KEY", OPENAI_SECRET)
             .env("ANTHROPIC_API_KEY", ANTHROPIC_SECRET)
@@ -395,7 +399,14 @@ pub fn request_line(event: &Value) -> String {
 }
 
 fn add_inet_hosts(lab: &Lab) {
-    for addr in [OPENAI_V4, ANTHROPIC_V4, CDN_V4, IP_ONLY_V4, EVIL_V4] {
+    for addr in [
+        OPENAI_V4,
+        ANTHROPIC_V4,
+        CHATGPT_V4,
+        CDN_V4,
+        IP_ONLY_V4,
+        EVIL_V4,
+    ] {
         must(&mut cmd(
             "ip",
             &[

@@ -211,6 +211,8 @@ build_agent_env() {
 exec_agent() {
 	local name=$1
 	shift
+	# Subscription agents read their stub credentials file from their home.
+	install_subscription_stubs
 	build_agent_env "${name}"
 	exec ip netns exec "${name}" env -i -- "${AGENT_ENV[@]}" "$@"
 }
