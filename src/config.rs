@@ -109,6 +109,21 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
+    // Request rules (issue 12).
+    /// Policy file (TOML): request rules by host, method and path, and per-agent policies
+    /// [default: none, the environment settings alone].
+    #[arg(long, env = "PAUDE_PROXY_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Audit log: one JSON line per request and per refused connection [default: off].
+    #[arg(long, env = "PAUDE_PROXY_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Learning mode: record every distinct (agent, host, port, method, path shape) seen into
+    /// this file, for `paude-proxy policy suggest` [default: off].
+    #[arg(long, env = "PAUDE_PROXY_LEARN")]
+    pub learn: Option<PathBuf>,
+
     /// Without a command, the proxy runs.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -119,6 +134,25 @@ pub enum Command {
     /// Print the stub Google Application Default Credentials JSON that the agent should
     /// hold (GOOGLE_APPLICATION_CREDENTIALS=<file>), and exit.
     StubAdc,
+    /// Request rules: check a policy file, explain a decision, suggest a policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum PolicyCommand {
+    /// Validate a policy file and print its agents, rules and credentials.
+    Check { file: PathBuf },
+    /// Print the decision for a request under the current configuration, sending nothing.
+    Explain {
+        /// The client address the request comes from [default: 127.0.0.1].
+        #[arg(long)]
+        client: Option<IpAddr>,
+        method: String,
+        url: String,
+    },
+    /// Turn a PAUDE_PROXY_LEARN record into a policy file that allows exactly that traffic.
+    Suggest { file: PathBuf },
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.
@@ -171,6 +205,8 @@ pub struct Config {
     pub upstream_ca: Vec<CertificateDer<'static>>,
     pub hosts: HashMap<Host, Vec<IpAddr>>,
     pub check_config: bool,
+    pub audit_log: Option<PathBuf>,
+    pub learn: Option<PathBuf>,
 }
 
 impl Config {
@@ -238,6 +274,10 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let routes = load_routes(args.credentials_config.as_ref(), env)?;
+        let requests = match &args.policy {
+            None => Default::default(),
+            Some(path) => std::sync::Arc::new(load_policy(path, &routes)?),
+        };
         let upstream_ca = match &args.upstream_ca {
             None => Vec::new(),
             Some(path) => load_pem_certs(path)
@@ -274,6 +314,7 @@ impl Config {
                 endpoints,
                 upstream_nets,
                 own_listeners: Vec::new(),
+                requests,
             },
             client_names,
             routes,
@@ -281,6 +322,8 @@ impl Config {
             upstream_ca,
             hosts,
             check_config: args.check_config,
+            audit_log: args.audit_log,
+            learn: args.learn,
         })
     }
 }
@@ -385,6 +428,19 @@ fn load_routes(
         ),
     };
     Routes::from_json(&json, env).map_err(|e| bad(VAR, shown, e.to_string()))
+}
+
+/// Reads and compiles `PAUDE_PROXY_POLICY`; the error names the file and the line.
+pub fn load_policy(
+    path: &PathBuf,
+    routes: &Routes,
+) -> Result<crate::policy::RequestPolicy, ConfigError> {
+    const VAR: &str = "PAUDE_PROXY_POLICY";
+    let shown = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(VAR, &shown, format!("cannot read: {e}")))?;
+    crate::policy::file::parse(&text, &|v| routes.knows(v))
+        .map_err(|e| bad(VAR, &shown, format!("{shown}:{e}")))
 }
 
 fn load_pem_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -67,6 +67,8 @@ pub struct Routes {
     routes: Vec<Route>,
     /// Entries skipped at startup, with the reason, for one log line each.
     pub skipped: Vec<(String, &'static str)>,
+    /// Every entry's variable name, available or not: what a policy file may name.
+    names: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +121,7 @@ impl Routes {
             if e.domains.is_empty() {
                 return Err(bad("domains is empty".into()));
             }
+            out.names.push(e.env_var.clone());
             let domains = e
                 .domains
                 .iter()
@@ -211,6 +214,11 @@ impl Routes {
         self.routes
             .iter()
             .find(|r| r.domains.iter().any(|d| d.matches(host)))
+    }
+
+    /// Whether the table has an entry for `env_var` (whether or not its value is set).
+    pub fn knows(&self, env_var: &str) -> bool {
+        self.names.iter().any(|n| n == env_var)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {

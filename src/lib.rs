@@ -28,6 +28,7 @@ pub mod handle;
 pub mod headers;
 pub mod inject;
 pub mod intercept;
+pub mod learn;
 pub mod scrub;
 
 // upstream.
@@ -36,6 +37,7 @@ pub mod upstream;
 // Cross-cutting: the body and error types, logs and counters, the admin port.
 pub mod admin;
 pub mod audit;
+pub mod audit_log;
 pub mod body;
 pub mod error;
 pub mod metrics;

@@ -411,11 +411,12 @@ where
 struct SandboxNames(Arc<App>);
 
 impl NamePolicy for SandboxNames {
-    fn allows(&self, name: &str) -> bool {
+    fn allows(&self, client: IpAddr, name: &str) -> bool {
         let emulated =
             name == crate::gcloud::metadata::METADATA_HOST && self.0.routes.gcloud().is_some();
         emulated
-            || Host::parse(name).is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), &h))
+            || Host::parse(name)
+                .is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), client, &h))
     }
 
     fn blocked(&self, client: IpAddr, name: &str) {
