@@ -411,6 +411,14 @@ fn parse_endpoint(raw: &str) -> Result<(Host, u16), String> {
         .map_err(|e| format!("'{raw}': {e}; expected host:port, e.g. api.example.com:8443"))
 }
 
+/// The credentials table alone (what `policy check` validates names against).
+pub fn routes_from_args(
+    args: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Routes, ConfigError> {
+    load_routes(args.credentials_config.as_ref(), env)
+}
+
 fn load_routes(
     path: Option<&PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,

@@ -17,11 +17,18 @@ use crate::upstream::Scheme;
 
 pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) -> Response<Body> {
     let target = &tunnel.target;
+    // Request rules (issue 12): the connection checks again and the rules over method and path.
+    let ctx = crate::gate::RequestCtx::new(tunnel.mode, tunnel.facts(), &req);
+    let route = crate::gate::route_now(app, tunnel.client, tunnel.route.as_ref());
     let checked = headers::check_authority(&req, &target.host, target.port())
-        .and_then(|()| headers::check_framing(&req));
-    let result = match checked {
-        Err(e) => Err(e),
-        Ok(()) if tunnel.route.is_some() && headers::is_trace(req.method()) => {
+        .and_then(|()| headers::check_framing(&req))
+        .and_then(|()| crate::gate::check(app, &ctx));
+    let allowed = match checked {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    let result = match () {
+        () if route.is_some() && headers::is_trace(req.method()) => {
             Err(ProxyError::MethodNotAllowed(format!(
                 "{} is refused on {}: it would echo the credential",
                 req.method(),
@@ -29,12 +36,13 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
             )))
         }
         // Google token requests are answered here, never forwarded (gcloud::vend).
-        Ok(()) => match crate::gcloud::vend::try_vend(app, &target.host, req).await {
+        () => match crate::gcloud::vend::try_vend(app, &target.host, req).await {
             Ok(vended) => Ok(vended),
-            Err(req) => forward(app, Scheme::Https, target, tunnel.route.as_ref(), req).await,
+            Err(req) => forward(app, Scheme::Https, target, route, req).await,
         },
     };
-    result.unwrap_or_else(ProxyError::into_response)
+    let resp = result.unwrap_or_else(ProxyError::into_response);
+    crate::gate::finish(app, ctx, &allowed, route, resp)
 }
 
 /// Forwards a checked request to `target`. `route` is `Some` only on verified TLS paths.

@@ -35,9 +35,22 @@ const MAX_H2_STREAMS: u32 = 256;
 /// An approved, intercepted connection: who it is from, where it may go, which credential
 /// (if any) belongs to that destination.
 pub struct Tunnel {
+    pub mode: crate::gate::Mode,
     pub client: IpAddr,
     pub target: Target,
     pub route: Option<Route>,
+}
+
+impl Tunnel {
+    /// The facts the tunnel was admitted on, for the per-request re-check.
+    pub fn facts(&self) -> crate::policy::Facts {
+        crate::policy::Facts {
+            client: self.client,
+            host: self.target.host.clone(),
+            port: self.target.port(),
+            entry: crate::policy::Entry::Tls,
+        }
+    }
 }
 
 pub async fn serve_tunnel<IO>(app: Arc<App>, io: IO, tunnel: Tunnel)
@@ -77,9 +90,10 @@ where
     let Some(tls) = accept(&app, io, &host).await else {
         return;
     };
-    let (status, text) = (err.status(), format!("paude-proxy: {err}\n"));
+    let (status, text, kind) = (err.status(), format!("paude-proxy: {err}\n"), err.kind());
     let service = service_fn(move |_req| {
         let mut resp = text_response(status, text.clone());
+        crate::error::mark_kind(&mut resp, kind);
         resp.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

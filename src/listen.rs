@@ -14,10 +14,12 @@ use tracing::Instrument;
 
 use crate::App;
 use crate::audit::BlockedLog;
+use crate::audit_log::AuditLog;
 use crate::ca::CertAuthority;
 use crate::config::{Config, ConfigError, DEFAULT_CA_DIR, FALLBACK_CA_DIR, ListenAddr};
 use crate::dns::{AnswerRecord, DnsConfig, DnsServer, NamePolicy, Upstream as DnsUpstream};
 use crate::host::Host;
+use crate::learn::Learn;
 use crate::policy::{self, Policy};
 use crate::resolve::Resolver;
 use crate::upstream::{Upstream, root_store};
@@ -110,7 +112,21 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         dns_config: config.dns_listen.map(|_| dns_config),
         admin: config.admin_listen,
     };
+    // Request rules (issue 12): audit log, learning mode, reload source.
+    let audit = open_line_file(
+        "PAUDE_PROXY_AUDIT_LOG",
+        config.audit_log.as_deref(),
+        AuditLog::open,
+    )?;
+    let learn = open_line_file("PAUDE_PROXY_LEARN", config.learn.as_deref(), Learn::open)?;
+    let reload = Some(crate::reload::Source::new(
+        std::env::args_os().collect(),
+        &config.policy,
+    ));
     let app = App {
+        audit,
+        learn,
+        reload,
         answers,
         policy: ArcSwap::from_pointee(config.policy),
         routes: config.routes,
@@ -126,6 +142,21 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         client_names: config.client_names,
         listeners,
     })
+}
+
+fn open_line_file<T>(
+    var: &'static str,
+    path: Option<&Path>,
+    open: fn(&Path) -> std::io::Result<T>,
+) -> Result<Option<Arc<T>>, ConfigError> {
+    path.map(|p| {
+        open(p).map(Arc::new).map_err(|e| ConfigError {
+            var,
+            value: p.display().to_string(),
+            problem: format!("cannot open for appending: {e}"),
+        })
+    })
+    .transpose()
 }
 
 fn open_blocked_log(config: &Config) -> Result<BlockedLog, ConfigError> {

@@ -24,6 +24,22 @@ fn main() -> ExitCode {
         print!("{}", paude_proxy::gcloud::stub::json());
         return ExitCode::SUCCESS;
     }
+    if let Some(Command::Policy(cmd)) = &args.command {
+        return match paude_proxy::policy_cli::run(&args, cmd) {
+            Ok(out) => {
+                print!("{}", out.text);
+                if out.ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("paude-proxy: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        };
+    }
     let env = |k: &str| std::env::var(k).ok();
     let config = match Config::from_args(args, &env) {
         Ok(c) => c,
@@ -63,6 +79,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // SIGHUP reloads (issue 12). Installed before anything is served, so a HUP never takes
+    // the default action (ending the process).
+    {
+        let _entered = runtime.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                runtime.spawn(paude_proxy::reload::on_sighup(prepared.app.clone(), hup));
+            }
+            Err(e) => {
+                eprintln!("paude-proxy: cannot install the SIGHUP handler: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match runtime.block_on(paude_proxy::run(prepared, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -18,6 +18,8 @@ enum Seg {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathPattern {
+    /// As written, for `policy check`.
+    raw: String,
     segs: Vec<Seg>,
     /// `(key, None)`: the key must be present with any value.
     query: Vec<(String, Option<String>)>,
@@ -67,7 +69,15 @@ impl PathPattern {
                     .collect()
             }
         };
-        Ok(PathPattern { segs, query })
+        Ok(PathPattern {
+            raw: raw.to_string(),
+            segs,
+            query,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.raw
     }
 
     pub fn matches(&self, path: &NormPath) -> bool {
