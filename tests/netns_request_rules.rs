@@ -117,6 +117,22 @@ credentials = ["ANTHROPIC_API_KEY"]
             &[&format!("POST https://{OPENAI_NAME}/post-{proto} BLOCKED")],
         );
     }
+    // Transparent plain HTTP goes through the same rules.
+    let (out, err) = curl(
+        &lab,
+        &a.name,
+        &format!(
+            "http://{OPENAI_NAME}/plain-get --next -X POST -d x http://{OPENAI_NAME}/plain-post"
+        ),
+    );
+    assert_eq!(codes(&out), vec!["200", "403"], "{out}\n{err}");
+    assert!(out.contains("openai-no-writes"), "{out}");
+    let plain: Vec<String> = gw.http_at(OPENAI_V4).iter().map(request_line).collect();
+    assert_eq!(plain, vec!["GET /plain-get HTTP/1.1"]);
+    gw.expect_blocked(
+        &a.agent_addr,
+        &[&format!("POST http://{OPENAI_NAME}/plain-post BLOCKED")],
+    );
     let at_openai = gw.https_at(OPENAI_V4);
     let lines: Vec<String> = at_openai.iter().map(request_line).collect();
     assert_eq!(
