@@ -349,7 +349,8 @@ fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
     }
 }
 
-fn parse_net(raw: &str) -> Option<IpNet> {
+/// An IP or CIDR, in canonical (unmapped) form; also what the policy file's `clients` use.
+pub(crate) fn parse_net(raw: &str) -> Option<IpNet> {
     raw.parse::<IpNet>()
         .ok()
         .or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))

@@ -3,7 +3,6 @@
 //! (`mehtods`) never silently widens a rule.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -255,21 +254,7 @@ fn action(raw: &Spanned<String>) -> Result<Action, String> {
 }
 
 fn parse_net(raw: &str) -> Option<IpNet> {
-    let raw = raw.trim();
-    let net = raw
-        .parse::<IpNet>()
-        .ok()
-        .or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))?;
-    // Clients are compared in canonical (unmapped) form.
-    Some(match net {
-        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
-                .map(IpNet::V4)
-                .unwrap_or(net),
-            None => net,
-        },
-        n => n,
-    })
+    crate::config::parse_net(raw.trim())
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
