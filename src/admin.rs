@@ -1,5 +1,5 @@
 //! The admin listener (`PAUDE_PROXY_ADMIN_LISTEN`): `/healthz` and `/metrics` for
-//! orchestrators. It serves nothing else and must not be exposed to agents.
+//! orchestrators, `POST /reload` for operators. It must not be exposed to agents.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,6 +36,18 @@ pub async fn serve_admin(app: Arc<App>, stream: TcpStream, _peer: SocketAddr) {
 }
 
 fn answer(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    if req.uri().path() == "/reload" {
+        if req.method() != Method::POST {
+            return text_response(StatusCode::METHOD_NOT_ALLOWED, "POST /reload\n".into());
+        }
+        return match crate::reload::reload(app) {
+            Ok(summary) => text_response(StatusCode::OK, format!("reloaded: {summary}\n")),
+            Err(e) => text_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("reload rejected, previous configuration kept: {e}\n"),
+            ),
+        };
+    }
     if req.method() != Method::GET {
         return text_response(StatusCode::METHOD_NOT_ALLOWED, "GET only\n".into());
     }

@@ -173,6 +173,21 @@ pub struct Args {
     #[arg(long)]
     pub check_config: bool,
 
+    // Request rules (issue 12).
+    /// Policy file (TOML): request rules by host, method and path, and per-agent policies
+    /// [default: none, the environment settings alone].
+    #[arg(long, env = "PAUDE_PROXY_POLICY")]
+    pub policy: Option<PathBuf>,
+
+    /// Audit log: one JSON line per request and per refused connection [default: off].
+    #[arg(long, env = "PAUDE_PROXY_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
+
+    /// Learning mode: record every distinct (agent, host, port, method, path shape) seen into
+    /// this file, for `paude-proxy policy suggest` [default: off].
+    #[arg(long, env = "PAUDE_PROXY_LEARN")]
+    pub learn: Option<PathBuf>,
+
     /// Without a command, the proxy runs.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -207,6 +222,9 @@ pub enum Command {
     /// GET /healthz on PAUDE_PROXY_ADMIN_LISTEN: exit 0 when it answers 200, 1 otherwise
     /// (a container HEALTHCHECK without curl).
     Healthcheck,
+    /// Request rules: check a policy file, explain a decision, suggest a policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
 }
 
 /// The stub files `paude-proxy stub` prints.
@@ -218,6 +236,22 @@ pub enum StubKind {
     Claude,
     /// Codex's `~/.codex/auth.json` after a ChatGPT sign-in (for CHATGPT_AUTH_FILE).
     Codex,
+}
+
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum PolicyCommand {
+    /// Validate a policy file and print its agents, rules and credentials.
+    Check { file: PathBuf },
+    /// Print the decision for a request under the current configuration, sending nothing.
+    Explain {
+        /// The client address the request comes from [default: 127.0.0.1].
+        #[arg(long)]
+        client: Option<IpAddr>,
+        method: String,
+        url: String,
+    },
+    /// Turn a PAUDE_PROXY_LEARN record into a policy file that allows exactly that traffic.
+    Suggest { file: PathBuf },
 }
 
 /// A bad setting: which variable, what it held, what was expected. One line.
@@ -273,6 +307,8 @@ pub struct Config {
     pub check_config: bool,
     /// The `@name` presets ALLOWED_DOMAINS used, for `--check-config`.
     pub presets: Vec<&'static crate::presets::Preset>,
+    pub audit_log: Option<PathBuf>,
+    pub learn: Option<PathBuf>,
 }
 
 impl Config {
@@ -353,6 +389,10 @@ impl Config {
             max_connections: &args.max_connections,
             shutdown_grace: &args.shutdown_grace,
         })?;
+        let requests = match &args.policy {
+            None => Default::default(),
+            Some(path) => std::sync::Arc::new(load_policy(path, &routes)?),
+        };
         let upstream_ca = match &args.upstream_ca {
             None => Vec::new(),
             Some(path) => load_pem_certs(path)
@@ -389,6 +429,7 @@ impl Config {
                 endpoints,
                 upstream_nets,
                 own_listeners: Vec::new(),
+                requests,
             },
             client_names,
             routes,
@@ -398,6 +439,8 @@ impl Config {
             limits,
             check_config: args.check_config,
             presets,
+            audit_log: args.audit_log,
+            learn: args.learn,
         })
     }
 }
@@ -423,7 +466,8 @@ fn parse_bool(var: &'static str, raw: &str) -> Result<bool, ConfigError> {
     }
 }
 
-fn parse_net(raw: &str) -> Option<IpNet> {
+/// An IP or CIDR, in canonical (unmapped) form; also what the policy file's `clients` use.
+pub(crate) fn parse_net(raw: &str) -> Option<IpNet> {
     raw.parse::<IpNet>()
         .ok()
         .or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
@@ -485,6 +529,14 @@ fn parse_endpoint(raw: &str) -> Result<(Host, u16), String> {
         .map_err(|e| format!("'{raw}': {e}; expected host:port, e.g. api.example.com:8443"))
 }
 
+/// The credentials table alone (what `policy check` validates names against).
+pub fn routes_from_args(
+    args: &Args,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Routes, ConfigError> {
+    load_routes(args.credentials_config.as_ref(), env)
+}
+
 fn load_routes(
     path: Option<&PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
@@ -509,6 +561,19 @@ pub fn read_credentials_json(path: Option<&PathBuf>) -> Result<(String, String),
             p.display().to_string(),
         ),
     })
+}
+
+/// Reads and compiles `PAUDE_PROXY_POLICY`; the error names the file and the line.
+pub fn load_policy(
+    path: &PathBuf,
+    routes: &Routes,
+) -> Result<crate::policy::RequestPolicy, ConfigError> {
+    const VAR: &str = "PAUDE_PROXY_POLICY";
+    let shown = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| bad(VAR, &shown, format!("cannot read: {e}")))?;
+    crate::policy::file::parse(&text, &|v| routes.knows(v))
+        .map_err(|e| bad(VAR, &shown, format!("{shown}:{e}")))
 }
 
 fn load_pem_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {

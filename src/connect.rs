@@ -19,6 +19,7 @@ use crate::body::{self, Body};
 use crate::conns::{self, ConnHandle};
 use crate::error::ProxyError;
 use crate::framing::{FramingCheck, Watched};
+use crate::gate::{Mode, Refusal, RequestCtx};
 use crate::headers;
 use crate::host::{Host, parse_authority};
 use crate::intercept::{Credentials, MAX_HEAD_BYTES, Tunnel, serve_tunnel};
@@ -115,7 +116,16 @@ async fn route_request(
     // refuse anyway, so a refused client learns nothing about the proxy.
     if !policy::client_allowed(&policy, client) {
         let reason = policy::DenyReason::ClientNotAllowed(client);
-        return Err(app.deny(client, req.method().as_str(), &blocked_what(&req), reason));
+        let at = Refusal {
+            mode: Mode::Explicit,
+            client,
+            method: req.method().as_str(),
+            what: blocked_what(&req),
+            host: None,
+            port: 0,
+            path: "",
+        };
+        return Err(app.deny(&at, reason));
     }
     match classify(&req)? {
         Form::Connect(host, port) => connect(app, client, req, host, port, conn.clone()).await,
@@ -144,17 +154,33 @@ fn blocked_what<B>(req: &Request<B>) -> String {
 /// Runs the policy for `facts`: admit, resolve (only if admitted), pick an address.
 async fn approve(app: &App, facts: Facts, method: &str, what: &str) -> Result<Target, ProxyError> {
     let policy = app.policy.load();
+    let at = |path| Refusal {
+        mode: Mode::Explicit,
+        client: facts.client,
+        method,
+        what: what.to_string(),
+        host: Some(&facts.host),
+        port: facts.port,
+        path,
+    };
+    // A plain-HTTP refusal names its path (for the audit log and learning mode).
+    let path = what
+        .parse::<http::Uri>()
+        .ok()
+        .filter(|_| facts.entry == Entry::PlainHttp)
+        .map(|u| u.path().to_string())
+        .unwrap_or_default();
     if let Err(reason) = policy::admit(&policy, &facts) {
-        return Err(app.deny(facts.client, method, what, reason));
+        return Err(app.deny(&at(&path), reason));
     }
     let addrs = app.resolver.lookup(&facts.host).await?;
     match policy::pick_address(&policy, &facts.host, facts.port, &addrs, &is_local_addr) {
         Ok(addrs) => Ok(Target {
-            host: facts.host,
+            host: facts.host.clone(),
             port: facts.port,
             addrs,
         }),
-        Err(reason) => Err(app.deny(facts.client, method, what, reason)),
+        Err(reason) => Err(app.deny(&at(&path), reason)),
     }
 }
 
@@ -188,6 +214,7 @@ async fn connect(
         match upgrade.await {
             Ok(upgraded) => {
                 let tunnel = Tunnel {
+                    mode: Mode::Explicit,
                     client,
                     target,
                     credentials: Credentials::Eligible,
@@ -235,9 +262,14 @@ async fn plain_http(
         port,
         entry: Entry::PlainHttp,
     };
-    let target = approve(app, facts, method.as_str(), &what).await?;
+    let target = approve(app, facts.clone(), method.as_str(), &what).await?;
     headers::check_authority(&req, &target.host, port)?;
     headers::check_framing(&req)?;
-    tracing::info!(%client, url = %what, addr = %target, "allow plain HTTP (no credential)");
-    crate::forward::forward(app, Scheme::Http, &target, None, req).await
+    let ctx = RequestCtx::new(Mode::Explicit, facts, &req);
+    let allowed = crate::gate::check(app, &ctx)?;
+    tracing::info!(%client, url = %what, addr = %target, by = %allowed, "allow plain HTTP (no credential)");
+    let resp = crate::forward::forward(app, Scheme::Http, &target, None, req)
+        .await
+        .unwrap_or_else(ProxyError::into_response);
+    Ok(crate::gate::finish(app, ctx, &allowed, None, resp))
 }

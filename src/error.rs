@@ -113,7 +113,27 @@ impl ProxyError {
             Blame::Upstream => tracing::warn!(status = status.as_u16(), "upstream failure: {self}"),
             Blame::Internal => tracing::error!(status = status.as_u16(), "{self}"),
         }
-        text_response(status, format!("paude-proxy: {self}\n"))
+        let mut resp = text_response(status, format!("paude-proxy: {self}\n"));
+        mark_kind(&mut resp, self.kind());
+        resp
+    }
+
+    /// The `X-Proxy-Error` value of a denial.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            ProxyError::Denied(reason) => Some(reason.kind()),
+            _ => None,
+        }
+    }
+}
+
+/// `X-Proxy-Error: <kind>` on a refusal: one value per kind of denial, on every 403.
+pub fn mark_kind(resp: &mut Response<Body>, kind: Option<&'static str>) {
+    if let Some(kind) = kind {
+        resp.headers_mut().insert(
+            header::HeaderName::from_static("x-proxy-error"),
+            header::HeaderValue::from_static(kind),
+        );
     }
 }
 

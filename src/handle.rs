@@ -16,9 +16,29 @@ use crate::vend::{Ctx, Via};
 
 pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) -> Response<Body> {
     let target = &tunnel.target;
+    // Request rules (issue 12): the connection checks again, then the rules over method
+    // and path; nothing below runs for a refused request.
+    let ctx = crate::gate::RequestCtx::new(tunnel.mode, tunnel.facts(), &req);
+    let checked = headers::check_authority(&req, &target.host, target.port())
+        .and_then(|()| headers::check_framing(&req))
+        .and_then(|()| crate::gate::check(app, &ctx));
+    let allowed = match checked {
+        Ok(a) => a,
+        Err(e) => return e.into_response(),
+    };
+    // The route for this request, among those the client's policy lets it use.
+    let policy = app.policy.load();
+    let route = match tunnel.credentials {
+        Credentials::Eligible => app.routes.select_among(
+            &target.host,
+            req.method(),
+            req.uri().path(),
+            req.headers(),
+            |var| crate::policy::credential_allowed(&policy, tunnel.client, var),
+        ),
+        Credentials::Never => None,
+    };
     let result = async {
-        headers::check_authority(&req, &target.host, target.port())?;
-        headers::check_framing(&req)?;
         // Answers the proxy gives itself (token vending) come first; nothing is forwarded.
         let ctx = Ctx {
             upstream: &app.upstream,
@@ -33,13 +53,6 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
             Ok(answered) => return answered,
             Err(req) => req,
         };
-        let route = match tunnel.credentials {
-            Credentials::Eligible => {
-                app.routes
-                    .select(&target.host, req.method(), req.uri().path(), req.headers())
-            }
-            Credentials::Never => None,
-        };
         if route.is_some() && headers::is_trace(req.method()) {
             return Err(ProxyError::MethodNotAllowed(format!(
                 "{} is refused on {}: it would echo the credential",
@@ -50,5 +63,6 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
         forward(app, Scheme::Https, target, route, req).await
     }
     .await;
-    result.unwrap_or_else(ProxyError::into_response)
+    let resp = result.unwrap_or_else(ProxyError::into_response);
+    crate::gate::finish(app, ctx, &allowed, route, resp)
 }

@@ -118,13 +118,18 @@ impl Matcher {
         path: &str,
         headers: &HeaderMap,
     ) -> bool {
+        self.accepts_request_line(host, method, path)
+            && (!self.require_client_header || injector.client_sent_one(headers))
+    }
+
+    /// Host, method and path only: what is known without the headers.
+    fn accepts_request_line(&self, host: &Host, method: &Method, path: &str) -> bool {
         self.domains.iter().any(|d| d.matches(host))
             && self
                 .path_prefix
                 .as_deref()
                 .is_none_or(|p| path_has_prefix(path, p))
             && self.methods.as_ref().is_none_or(|m| m.contains(method))
-            && (!self.require_client_header || injector.client_sent_one(headers))
     }
 
     /// True when this matcher applies to every request for its domains.
@@ -186,6 +191,8 @@ pub struct Routes {
     pub summaries: Vec<String>,
     /// The answers the configured providers give themselves.
     pub vendors: Vendors,
+    /// Every entry's variable name, available or not: what a policy file may name.
+    names: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -372,6 +379,7 @@ impl Routes {
                 env_var: entry.env_var.clone(),
                 problem,
             };
+            out.names.push(entry.env_var.clone());
             if let Some(kind) = crate::providers::kind(&entry.kind) {
                 let source = match loaded.get(&entry.kind) {
                     Some(s) => s.clone(),
@@ -431,6 +439,20 @@ impl Routes {
         self.select_among(host, method, path, headers, |_| true)
     }
 
+    /// The route a request with these host, method and path would get if it sent whatever
+    /// headers a route requires (`policy explain` knows no headers).
+    pub fn select_assuming_client_headers(
+        &self,
+        host: &Host,
+        method: &Method,
+        path: &str,
+        allowed: impl Fn(&str) -> bool,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| allowed(&r.env_var) && r.matcher.accepts_request_line(host, method, path))
+    }
+
     /// [`Routes::select`] over the routes whose variable `allowed` accepts.
     pub fn select_among(
         &self,
@@ -451,6 +473,11 @@ impl Routes {
             .iter()
             .find(|r| r.matcher.domains.iter().any(|d| d.matches(host)))
             .map(|r| r.env_var.as_str())
+    }
+
+    /// Whether the table has an entry for `env_var` (whether or not its value is set).
+    pub fn knows(&self, env_var: &str) -> bool {
+        self.names.iter().any(|n| n == env_var)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {

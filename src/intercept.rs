@@ -35,6 +35,7 @@ const MAX_H2_STREAMS: u32 = 256;
 /// An approved, intercepted connection: who it is from, where it may go, and whether its
 /// requests may get a credential (each request picks its route).
 pub struct Tunnel {
+    pub mode: crate::gate::Mode,
     pub client: IpAddr,
     pub target: Target,
     pub credentials: Credentials,
@@ -49,6 +50,18 @@ pub enum Credentials {
     Eligible,
     /// No name TLS verification could check (a bare IP without SNI): never.
     Never,
+}
+
+impl Tunnel {
+    /// The facts the tunnel was admitted on, for the per-request re-check.
+    pub fn facts(&self) -> crate::policy::Facts {
+        crate::policy::Facts {
+            client: self.client,
+            host: self.target.host.clone(),
+            port: self.target.port(),
+            entry: crate::policy::Entry::Tls,
+        }
+    }
 }
 
 pub async fn serve_tunnel<IO>(app: Arc<App>, io: IO, tunnel: Tunnel)
@@ -92,9 +105,10 @@ where
     let Some(tls) = accept(&app, io, &host).await else {
         return;
     };
-    let (status, text) = (err.status(), format!("paude-proxy: {err}\n"));
+    let (status, text, kind) = (err.status(), format!("paude-proxy: {err}\n"), err.kind());
     let service = service_fn(move |_req| {
         let mut resp = text_response(status, text.clone());
+        crate::error::mark_kind(&mut resp, kind);
         resp.headers_mut().insert(
             http::header::CONNECTION,
             http::HeaderValue::from_static("close"),

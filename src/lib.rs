@@ -21,6 +21,7 @@ pub mod transparent;
 
 // decide: pure policy over facts, and the one lookup it needs.
 pub mod policy;
+pub mod policy_cli;
 pub mod presets;
 pub mod resolve;
 
@@ -29,11 +30,14 @@ pub mod ca;
 pub mod credential;
 pub mod forward;
 pub mod framing;
+pub mod gate;
 pub mod handle;
 pub mod headers;
 pub mod inject;
 pub mod intercept;
+pub mod learn;
 pub mod providers;
+pub mod reload;
 pub mod scrub;
 pub mod vend;
 
@@ -43,20 +47,25 @@ pub mod upstream;
 // Cross-cutting: the body and error types, logs and counters, the admin port.
 pub mod admin;
 pub mod audit;
+pub mod audit_log;
 // Subcommands that print and exit (routes, ca, healthcheck).
 pub mod body;
 pub mod cli;
 pub mod error;
 pub mod metrics;
 
-use std::net::IpAddr;
+use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
 use crate::audit::BlockedLog;
+use crate::audit_log::{AuditEvent, AuditLog};
 use crate::ca::CertAuthority;
 use crate::error::ProxyError;
+use crate::gate::Refusal;
+use crate::host::Host;
 use crate::inject::Routes;
+use crate::learn::Learn;
 use crate::policy::{DenyReason, Policy};
 use crate::resolve::Resolver;
 use crate::upstream::Upstream;
@@ -80,14 +89,63 @@ pub struct App {
     pub conns: std::sync::Arc<crate::conns::Conns>,
     /// Owns every task spawned for a connection, so shutdown can wait for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// `PAUDE_PROXY_AUDIT_LOG`.
+    pub audit: Option<Arc<AuditLog>>,
+    /// `PAUDE_PROXY_LEARN`.
+    pub learn: Option<Arc<Learn>>,
+    /// What a reload re-reads (`None`: reload is not available, e.g. in library tests).
+    pub reload: Option<crate::reload::Source>,
 }
 
 impl App {
-    /// Records a denial (blocked log and a log line) and returns the error to answer with.
-    pub fn deny(&self, client: IpAddr, method: &str, what: &str, reason: DenyReason) -> ProxyError {
-        self.blocked.denied(client, method, what);
+    /// Records a denial (blocked log, metric, log line, audit line, learn entry) and returns
+    /// the error to answer with. Every refusal goes through here, so the records never disagree.
+    pub fn deny(&self, at: &Refusal<'_>, reason: DenyReason) -> ProxyError {
+        let client = at.client;
+        self.blocked.denied(client, at.method, &at.what);
         self.metrics.denied.inc();
-        tracing::info!(%client, method, target = what, "deny: {reason}");
+        tracing::info!(%client, method = at.method, target = %at.what, kind = reason.kind(), "deny: {reason}");
+        let agent = self
+            .policy
+            .load()
+            .requests
+            .agent(client)
+            .map(|a| a.name.clone());
+        if let (Some(learn), Some(host)) = (&self.learn, at.host) {
+            learn.note(crate::learn::Seen {
+                agent: agent.clone(),
+                client: client.to_string(),
+                host: host.to_string(),
+                port: at.port,
+                method: at.method.to_string(),
+                path: if at.path.is_empty() {
+                    String::new()
+                } else {
+                    crate::learn::path_shape(at.path)
+                },
+            });
+        }
+        if let Some(audit) = &self.audit {
+            let host = at.host.map(Host::to_string).unwrap_or_default();
+            audit.record(&AuditEvent {
+                time: crate::audit_log::now_rfc3339(),
+                client: client.to_string(),
+                agent: agent.as_deref(),
+                mode: at.mode.as_str(),
+                host: &host,
+                port: at.port,
+                method: at.method,
+                path: at.path,
+                status: 403,
+                bytes_up: None,
+                bytes_down: 0,
+                duration_ms: 0,
+                decision: "deny",
+                by: reason.kind().to_string(),
+                reason: Some(reason.to_string()),
+                credential: None,
+            });
+        }
         ProxyError::Denied(reason)
     }
 }

@@ -15,11 +15,13 @@ use tokio_util::task::TaskTracker;
 use crate::App;
 use crate::accept::accept_loop;
 use crate::audit::BlockedLog;
+use crate::audit_log::AuditLog;
 use crate::ca::CertAuthority;
 use crate::config::{Config, ConfigError, DEFAULT_CA_DIR, FALLBACK_CA_DIR, ListenAddr};
 use crate::conns::Conns;
 use crate::dns::{AnswerRecord, DnsConfig, DnsServer, NamePolicy, Upstream as DnsUpstream};
 use crate::host::Host;
+use crate::learn::Learn;
 use crate::policy::{self, Policy};
 use crate::resolve::Resolver;
 use crate::upstream::{Upstream, root_store};
@@ -111,8 +113,22 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         dns_config: config.dns_listen.map(|_| dns_config),
         admin: config.admin_listen,
     };
+    // Request rules (issue 12): audit log, learning mode, reload source.
+    let audit = open_line_file(
+        "PAUDE_PROXY_AUDIT_LOG",
+        config.audit_log.as_deref(),
+        AuditLog::open,
+    )?;
+    let learn = open_line_file("PAUDE_PROXY_LEARN", config.learn.as_deref(), Learn::open)?;
+    let reload = Some(crate::reload::Source::new(
+        std::env::args_os().collect(),
+        &config.policy,
+    ));
     let tasks = TaskTracker::new();
     let app = App {
+        audit,
+        learn,
+        reload,
         answers,
         policy: ArcSwap::from_pointee(config.policy),
         routes: config.routes,
@@ -131,6 +147,21 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         client_names: config.client_names,
         listeners,
     })
+}
+
+fn open_line_file<T>(
+    var: &'static str,
+    path: Option<&Path>,
+    open: fn(&Path) -> std::io::Result<T>,
+) -> Result<Option<Arc<T>>, ConfigError> {
+    path.map(|p| {
+        open(p).map(Arc::new).map_err(|e| ConfigError {
+            var,
+            value: p.display().to_string(),
+            problem: format!("cannot open for appending: {e}"),
+        })
+    })
+    .transpose()
 }
 
 fn open_blocked_log(config: &Config) -> Result<BlockedLog, ConfigError> {
@@ -459,10 +490,11 @@ async fn drain(app: &App) {
 struct SandboxNames(Arc<App>);
 
 impl NamePolicy for SandboxNames {
-    fn allows(&self, name: &str) -> bool {
+    fn allows(&self, client: IpAddr, name: &str) -> bool {
         let emulated = self.0.routes.vendors.pins(name);
         emulated
-            || Host::parse(name).is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), &h))
+            || Host::parse(name)
+                .is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), client, &h))
     }
 
     fn blocked(&self, client: IpAddr, name: &str) {

@@ -70,8 +70,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Installed before serving: SIGHUP's default action would end the process.
-    runtime.spawn(ignore_hangups());
+    // SIGHUP reloads (issue 12). Installed before anything is served, so a HUP never takes
+    // the default action (ending the process).
+    {
+        let _entered = runtime.enter();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                runtime.spawn(paude_proxy::reload::on_sighup(prepared.app.clone(), hup));
+            }
+            Err(e) => {
+                eprintln!("paude-proxy: cannot install the SIGHUP handler: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let served = runtime.block_on(paude_proxy::run(
         prepared,
         shutdown_signal(1),
@@ -121,17 +133,5 @@ async fn shutdown_signal(n: usize) {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-    }
-}
-
-/// SIGHUP never ends the proxy; until configuration reload exists it is only logged.
-async fn ignore_hangups() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot handle SIGHUP: it would end the process");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP received: ignored (the configuration is read at startup only)");
     }
 }

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub requests: Counter,
     pub injected: Counter,
     pub upstream_errors: Counter,
+    /// Reloads applied / rejected (the last good configuration stayed).
+    pub reloads: Counter,
+    pub reload_failures: Counter,
     /// Set once the sandbox DNS server starts.
     pub dns: OnceLock<Arc<DnsStats>>,
 }
@@ -97,6 +100,20 @@ impl Metrics {
             "Upstream failures answered with 502.",
             "",
             self.upstream_errors.get(),
+        );
+        metric(
+            "counter",
+            "reloads_total",
+            "Configuration reloads applied.",
+            "",
+            self.reloads.get(),
+        );
+        metric(
+            "counter",
+            "reload_failures_total",
+            "Configuration reloads rejected; the previous configuration stayed in force.",
+            "",
+            self.reload_failures.get(),
         );
         metric(
             "counter",

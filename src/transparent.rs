@@ -22,6 +22,7 @@ use crate::conns::{self, ConnHandle};
 use crate::dns::Evidence;
 use crate::error::ProxyError;
 use crate::framing::{FramingCheck, Watched};
+use crate::gate::{Mode, Refusal, RequestCtx};
 use crate::headers;
 use crate::host::{Host, parse_authority};
 use crate::intercept::{Credentials, MAX_HEAD_BYTES, Tunnel, serve_denied, serve_tunnel};
@@ -58,12 +59,16 @@ pub async fn serve_redirected(
         }
     };
     if !policy::client_allowed(&app.policy.load(), client) {
-        app.deny(
+        let at = Refusal {
+            mode: Mode::Transparent,
             client,
-            "CONNECT",
-            &orig.to_string(),
-            DenyReason::ClientNotAllowed(client),
-        );
+            method: "CONNECT",
+            what: orig.to_string(),
+            host: None,
+            port: orig.port(),
+            path: "",
+        };
+        app.deny(&at, DenyReason::ClientNotAllowed(client));
         return;
     }
     let mut buf = Vec::new();
@@ -115,7 +120,16 @@ async fn tls(
     let target = match decided {
         Ok(t) => t,
         Err(reason) => {
-            let err = app.deny(client, "CONNECT", &what, reason);
+            let at = Refusal {
+                mode: Mode::Transparent,
+                client,
+                method: "CONNECT",
+                what,
+                host: Some(&host),
+                port: orig.port(),
+                path: "",
+            };
+            let err = app.deny(&at, reason);
             // Finish the handshake and answer 403 with the reason: clearer for the agent
             // than a reset, and nothing goes upstream.
             serve_denied(app, io, host, err, conn).await;
@@ -142,6 +156,7 @@ async fn tls(
         app,
         io,
         Tunnel {
+            mode: Mode::Transparent,
             client,
             target,
             credentials,
@@ -247,13 +262,18 @@ async fn http_request(
         // As squid writes it: the URL the client meant, without a default `:80`.
         let what = format!("http://{}{}", host.authority(orig.port(), 80), req.uri());
         let facts = Facts { client, host, port: orig.port(), entry: Entry::PlainHttp };
-        let target = approve(app, &facts, orig)
+        let ctx = RequestCtx::new(Mode::Transparent, facts, &req);
+        let target = approve(app, &ctx.facts, orig)
             .await
-            .map_err(|reason| app.deny(client, req.method().as_str(), &what, reason))?;
+            .map_err(|reason| app.deny(&ctx.refusal(), reason))?;
         headers::check_authority(&req, &target.host, target.port())?;
         headers::check_framing(&req)?;
-        tracing::info!(%client, url = %what, addr = %target, "allow transparent HTTP (no credential)");
-        crate::forward::forward(app, Scheme::Http, &target, None, req).await
+        let allowed = crate::gate::check(app, &ctx)?;
+        tracing::info!(%client, url = %what, addr = %target, by = %allowed, "allow transparent HTTP (no credential)");
+        let resp = crate::forward::forward(app, Scheme::Http, &target, None, req)
+            .await
+            .unwrap_or_else(ProxyError::into_response);
+        Ok(crate::gate::finish(app, ctx, &allowed, None, resp))
     }
     .await;
     result.unwrap_or_else(ProxyError::into_response)

@@ -1099,6 +1099,22 @@ fn create_refuses_a_throwaway_mount_namespace_run_takes_a_name_and_exec_spots_a_
     // The proxy's namespace goes away (its container stopped): the veth dies
     // with it, the agent namespace stays registered.
     must(&mut cmd("ip", &["netns", "del", &lab.gw]));
+    // The kernel tears a namespace down asynchronously (a workqueue): under load the veth
+    // outlives `ip netns del` for a moment. Wait for it, bounded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while run(&mut cmd(
+        "ip",
+        &["-n", &agent.name, "link", "show", "dev", "eth0"],
+    ))
+    .status
+    .success()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent's veth outlived the proxy namespace by 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let out = run(cmd("ip", &["netns", "exec", &lab.inet])
         .arg(script_path())
         .args(["exec", &agent.name, "--", "true"])

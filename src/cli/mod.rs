@@ -16,6 +16,14 @@ pub const EXIT_CONFIG: u8 = 64;
 /// Runs COMMAND and returns the process's exit code; messages go to stdout/stderr.
 pub fn run(command: &Command, args: &Args) -> ExitCode {
     let outcome = match command {
+        Command::Policy(cmd) => crate::policy_cli::run(args, cmd).map(|out| {
+            print!("{}", out.text);
+            if out.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
         Command::StubAdc => {
             print!("{}", crate::providers::stub(crate::config::StubKind::Adc));
             Ok(ExitCode::SUCCESS)

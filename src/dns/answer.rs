@@ -94,7 +94,7 @@ impl Handler {
             return reply(ResponseCode::Refused);
         }
         let host = match query_name(query.name()) {
-            QueryName::Host(host) if self.policy.allows(&host) => host,
+            QueryName::Host(host) if self.policy.allows(client, &host) => host,
             QueryName::Host(name) | QueryName::Invalid(name) => {
                 self.stats.blocked();
                 self.policy.blocked(client, &name);

@@ -33,7 +33,8 @@ pub use stats::{DnsCounters, DnsStats};
 /// What the proxy's policy says about names; implemented from `ALLOWED_DOMAINS`.
 pub trait NamePolicy: Send + Sync + 'static {
     /// `name` is lowercase, without trailing dot, letters/digits/`-`/`_` labels only.
-    fn allows(&self, name: &str) -> bool;
+    /// `client` asked: each agent may have its own allowlist.
+    fn allows(&self, client: IpAddr, name: &str) -> bool;
     /// A query was refused. `name` is the normalised name, or an escaped rendering of a name
     /// that is not a host name at all; it never contains whitespace or control bytes.
     fn blocked(&self, client: IpAddr, name: &str);

@@ -27,7 +27,7 @@ pub struct TestPolicy {
 }
 
 impl NamePolicy for TestPolicy {
-    fn allows(&self, name: &str) -> bool {
+    fn allows(&self, _client: IpAddr, name: &str) -> bool {
         name == "allowed.test" || name.ends_with(".allowed.test")
     }
     fn blocked(&self, client: IpAddr, name: &str) {

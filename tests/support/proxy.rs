@@ -341,6 +341,24 @@ impl Proxy {
         self.addr
     }
 
+    /// Sends `signal` (e.g. "HUP") to the proxy process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("proxy running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().expect("try_wait").is_none(),
+            None => false,
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
