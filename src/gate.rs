@@ -122,12 +122,6 @@ pub fn check(app: &App, ctx: &RequestCtx) -> Result<Allowed, ProxyError> {
         .map_err(|reason| app.deny(&ctx.refusal(), reason))
 }
 
-/// The route a request on a tunnel may still use: the agent's `credentials` under the
-/// policy in force now (a reload may have withdrawn one since the tunnel opened).
-pub fn route_now<'r>(app: &App, client: IpAddr, route: Option<&'r Route>) -> Option<&'r Route> {
-    route.filter(|r| policy::credential_allowed(&app.policy.load(), client, &r.env_var))
-}
-
 /// Records an allowed request: a learn entry now, an audit line when the response body ends.
 pub fn finish(
     app: &App,
