@@ -4,10 +4,12 @@ use clap::Parser;
 use paude_proxy::config::{Args, Config};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc hands freed pages back to the kernel within milliseconds; glibc's malloc kept
-/// the memory of a connection flood for good (issue 10: 21 MB → 498 MB, never returned).
+/// jemalloc with its background purging thread: freed pages go back to the kernel within
+/// seconds even while the proxy is idle. glibc's malloc kept the memory of a connection
+/// flood for good (issue 10: 17 MB → 505 MB, never returned); mimalloc only purges a
+/// thread's pages when that thread allocates again, so an idle proxy kept its peak too.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
 const EXIT_CONFIG: u8 = 64;
