@@ -287,11 +287,9 @@ where
                     ended = Some(stream);
                 }
             }
-            RST_STREAM => {
-                if open.iter().any(|(id, _)| *id == stream) {
-                    open.retain(|(id, _)| *id != stream);
-                    answered += 1;
-                }
+            RST_STREAM if open.iter().any(|(id, _)| *id == stream) => {
+                open.retain(|(id, _)| *id != stream);
+                answered += 1;
             }
             _ => {}
         }
