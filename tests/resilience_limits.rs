@@ -78,7 +78,10 @@ async fn the_connection_cap_refuses_the_excess_at_once_and_recovers() {
     // A flood of excess connections is refused too, and logged once, not once each.
     for _ in 0..40 {
         let mut extra = TcpStream::connect(proxy.addr()).await.expect("connect");
-        assert!(closed_at_once(&mut extra).await, "an excess connection stayed open");
+        assert!(
+            closed_at_once(&mut extra).await,
+            "an excess connection stayed open"
+        );
     }
     let lines = proxy.count_stderr("connection cap reached");
     assert!(
