@@ -5,12 +5,14 @@
 //! never answer, or cut a body short. Each records what it actually processed, so a test
 //! can prove a request was not acted on twice.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -110,10 +112,7 @@ pub const SHORT_SENT: usize = 40_000;
 
 async fn spawn<F, Fut>(ca: &TestCa, alpn: &[&[u8]], serve: F) -> Faulty
 where
-    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Arc<Seen>) -> Fut
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(Lingering<Tls>, Arc<Seen>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let leaf = ca.leaf(UPSTREAM_NAMES);
@@ -137,7 +136,7 @@ where
                     if let Ok(Ok(tls)) =
                         tokio::time::timeout(IO_TIMEOUT, acceptor.accept(tcp)).await
                     {
-                        serve(tls, seen).await;
+                        serve(Lingering(Some(tls)), seen).await;
                     }
                 });
             }
@@ -310,21 +309,65 @@ where
         if answered >= n {
             let _ = io.flush().await;
             let _ = io.shutdown().await;
-            linger(&mut io).await;
             return;
         }
     }
 }
 
-/// After closing our side, read what the client still sends until it closes too: closing
-/// a socket with unread input sends a TCP reset, which can destroy responses the client has
-/// not read yet (a real server's lingering close).
-async fn linger<IO: AsyncRead + Unpin>(io: &mut IO) {
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(LINGER, async {
-        while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
+type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A server connection that closes the way real servers do (lingering close): once dropped,
+/// it reads what the client still sends until the client closes too, for up to [`LINGER`].
+/// Closing a socket with unread input sends a TCP reset, and a reset can destroy responses
+/// the client has not read yet: a test upstream that did that would fail requests no proxy
+/// could save.
+pub struct Lingering<IO: AsyncRead + Unpin + Send + 'static>(Option<IO>);
+
+impl<IO: AsyncRead + Unpin + Send + 'static> Lingering<IO> {
+    fn io(&mut self) -> &mut IO {
+        self.0.as_mut().expect("only taken in drop")
+    }
+}
+
+impl<IO: AsyncRead + Unpin + Send + 'static> Drop for Lingering<IO> {
+    fn drop(&mut self) {
+        let Some(mut io) = self.0.take() else { return };
+        tokio::spawn(async move {
+            let mut sink = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+            })
+            .await;
+        });
+    }
+}
+
+impl<IO: AsyncRead + Unpin + Send + 'static> AsyncRead for Lingering<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(self.io()).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(self.io()).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.io()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(self.io()).poll_shutdown(cx)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
