@@ -86,10 +86,18 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Installed here, before serving, not when `run` first polls them: a SIGHUP or SIGTERM
+    // arriving before its handler exists gets the default action (the process dies), and
+    // a handler made only after the first SIGTERM would never see that one (so the
+    // "second" signal would have to be a third).
+    let stops = {
+        let _in_runtime = runtime.enter();
+        stop_signals()
+    };
     let served = runtime.block_on(paude_proxy::run(
         prepared,
-        shutdown_signal(1),
-        shutdown_signal(2),
+        nth_stop(stops.clone(), 1),
+        nth_stop(stops, 2),
     ));
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,19 +129,36 @@ fn init_tracing(verbose: bool) -> tracing_appender::non_blocking::WorkerGuard {
     guard
 }
 
-/// Resolves at the `n`th SIGTERM or SIGINT: the first starts the drain, the second cuts it.
-async fn shutdown_signal(n: usize) {
+/// Counts SIGTERM and SIGINT from now on (inside the runtime); `None` if they cannot be
+/// handled (then they keep their default action).
+fn stop_signals() -> Option<tokio::sync::watch::Receiver<usize>> {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        return std::future::pending().await;
+        tracing::warn!("cannot handle SIGTERM/SIGINT: they will end the process without a drain");
+        return None;
     };
-    for _ in 0..n {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+    let (count, stops) = tokio::sync::watch::channel(0usize);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            count.send_modify(|n| *n += 1);
         }
+    });
+    Some(stops)
+}
+
+/// Resolves at the `n`th SIGTERM or SIGINT: the first starts the drain, the second cuts it.
+async fn nth_stop(stops: Option<tokio::sync::watch::Receiver<usize>>, n: usize) {
+    if let Some(mut stops) = stops
+        && stops.wait_for(|seen| *seen >= n).await.is_ok()
+    {
+        return;
     }
+    std::future::pending().await
 }

@@ -177,12 +177,12 @@ impl Upstream {
         };
         let again = match failed.unsent {
             Some(req) => req,
-            None => match tape.replay() {
+            None => match tape.replay().await {
                 Some(body) => Request::from_parts(head, body),
                 None => {
                     return Err(annotate(
                         failed.error,
-                        "not sent again: the request body was too large to keep or not read to its end",
+                        "not sent again: the request body was too large to keep or was not handed back in time",
                     ));
                 }
             },

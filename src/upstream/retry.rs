@@ -9,6 +9,7 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method};
@@ -21,6 +22,10 @@ use crate::body::{Body, BoxError};
 /// request can be sent again. Most API calls fit (a 200k-token prompt is about 1 MiB);
 /// larger uploads are streamed once. The chunks are shared with what was sent, not copied.
 pub const MAX_REPLAY_BODY: usize = 4 * 1024 * 1024;
+/// After a failed send, how long to wait for the connection to let go of the request body
+/// (hyper drops it once it notices the stream or connection failed, within a moment);
+/// past it the request is not sent again.
+const RELEASE_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a failed send is safe to repeat; also the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,24 +104,60 @@ struct Recorded {
     len: usize,
     complete: bool,
     overflowed: bool,
+    /// The part of the body not read yet, handed back when the failed send dropped it (a
+    /// refused stream is usually refused before its body was sent).
+    rest: Option<Body>,
+    /// The recording body was dropped: nothing more will be read through it.
+    released: bool,
+}
+
+impl Recorded {
+    /// Nothing about the tape can change any more.
+    fn settled(&self) -> bool {
+        self.complete || self.overflowed || self.released
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    rec: Mutex<Recorded>,
+    released: tokio::sync::Notify,
 }
 
 /// The kept copy of a request body, for a second send.
 #[derive(Clone)]
-pub struct Tape(Arc<Mutex<Recorded>>);
+pub struct Tape(Arc<Shared>);
 
 impl Tape {
-    /// A body that replays the whole original, or `None` when it was too large or had not
-    /// been read to its end (then only the part already sent is known).
-    pub fn replay(&self) -> Option<Body> {
-        let rec = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if rec.overflowed || !rec.complete {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recorded> {
+        self.0.rec.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A body that replays the whole original: the chunks already read, then the unread
+    /// rest. `None` when it was too large, or when neither the end nor the rest is known.
+    /// Waits (briefly) for the failed send to let go of the body first.
+    pub async fn replay(&self) -> Option<Body> {
+        let settled = async {
+            loop {
+                let released = self.0.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if self.lock().settled() {
+                    return;
+                }
+                released.await;
+            }
+        };
+        let _ = tokio::time::timeout(RELEASE_WAIT, settled).await;
+        let mut rec = self.lock();
+        if rec.overflowed || !(rec.complete || rec.rest.is_some()) {
             return None;
         }
         Some(
             Replayed {
                 chunks: rec.chunks.clone().into(),
                 trailers: rec.trailers.clone(),
+                rest: rec.rest.take(),
             }
             .boxed_unsync(),
         )
@@ -124,9 +165,10 @@ impl Tape {
 
     /// Frees the kept chunks once a response head arrived: no retry can follow.
     pub fn discard(&self) {
-        let mut rec = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self.lock();
         rec.chunks = Vec::new();
         rec.trailers = None;
+        rec.rest = None;
         rec.overflowed = true;
     }
 }
@@ -135,9 +177,7 @@ impl Tape {
 pub fn record(body: Body, limit: usize) -> (Body, Tape) {
     let tape = Tape(Arc::default());
     if body.is_end_stream() {
-        let mut rec = tape.0.lock().unwrap_or_else(|p| p.into_inner());
-        rec.complete = true;
-        drop(rec);
+        tape.lock().complete = true;
         return (body, tape);
     }
     let recording = Recording {
@@ -163,7 +203,7 @@ impl hyper::body::Body for Recording {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        let mut rec = self.tape.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rec = self.tape.lock();
         match &polled {
             Poll::Ready(Some(Ok(frame))) if !rec.overflowed => {
                 if let Some(data) = frame.data_ref() {
@@ -195,9 +235,23 @@ impl hyper::body::Body for Recording {
     }
 }
 
+impl Drop for Recording {
+    fn drop(&mut self) {
+        let mut rec = self.tape.lock();
+        if !rec.complete && !rec.overflowed {
+            rec.rest = Some(std::mem::replace(&mut self.inner, crate::body::empty()));
+        }
+        rec.released = true;
+        drop(rec);
+        self.tape.0.released.notify_waiters();
+    }
+}
+
 struct Replayed {
     chunks: std::collections::VecDeque<Bytes>,
     trailers: Option<HeaderMap>,
+    /// The original body's unread part, streamed after the kept chunks.
+    rest: Option<Body>,
 }
 
 impl hyper::body::Body for Replayed {
@@ -206,20 +260,37 @@ impl hyper::body::Body for Replayed {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(chunk) = self.chunks.pop_front() {
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        if let Some(rest) = &mut self.rest {
+            return Pin::new(rest).poll_frame(cx);
         }
         Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty() && self.trailers.is_none()
+        self.chunks.is_empty()
+            && self.trailers.is_none()
+            && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.chunks.iter().map(|c| c.len() as u64).sum())
+        let kept: u64 = self.chunks.iter().map(|c| c.len() as u64).sum();
+        match &self.rest {
+            None => SizeHint::with_exact(kept),
+            Some(rest) => {
+                let r = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(kept + r.lower());
+                if let Some(upper) = r.upper() {
+                    hint.set_upper(kept + upper);
+                }
+                hint
+            }
+        }
     }
 }
 
@@ -297,26 +368,67 @@ mod tests {
     #[tokio::test]
     async fn a_recorded_body_replays_exactly_once_read_to_the_end() {
         let (body, tape) = record(crate::body::full("hello world"), 64);
-        assert!(tape.replay().is_none(), "not read yet: nothing to replay");
         assert_eq!(collect(body).await.0, b"hello world");
-        let replay = tape.replay().expect("complete");
+        let replay = tape.replay().await.expect("complete");
         assert_eq!(collect(replay).await.0, b"hello world");
         // Twice: each replay is independent.
-        assert_eq!(collect(tape.replay().unwrap()).await.0, b"hello world");
+        assert_eq!(
+            collect(tape.replay().await.unwrap()).await.0,
+            b"hello world"
+        );
         tape.discard();
-        assert!(tape.replay().is_none());
+        assert!(tape.replay().await.is_none());
     }
 
     #[tokio::test]
     async fn an_oversized_body_is_not_kept() {
         let (body, tape) = record(crate::body::full(vec![7u8; 100]), 64);
         assert_eq!(collect(body).await.0.len(), 100, "it still streams in full");
-        assert!(tape.replay().is_none());
+        assert!(tape.replay().await.is_none());
     }
 
     #[tokio::test]
     async fn an_empty_body_is_replayable_without_reading() {
         let (_body, tape) = record(crate::body::empty(), 64);
-        assert_eq!(collect(tape.replay().unwrap()).await.0, b"");
+        assert_eq!(collect(tape.replay().await.unwrap()).await.0, b"");
+    }
+
+    /// Two chunks; the test reads one, then drops the body as hyper does with a refused
+    /// stream's body.
+    fn two_chunks() -> Body {
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"first "))),
+            Ok(Frame::data(Bytes::from_static(b"second"))),
+        ];
+        http_body_util::StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync()
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_half_read_replays_the_read_part_then_the_rest() {
+        let (mut body, tape) = record(two_chunks(), 64);
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "first ");
+        drop(body);
+        let replay = tape.replay().await.expect("the rest was handed back");
+        assert_eq!(collect(replay).await.0, b"first second");
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_replays_in_full() {
+        let (body, tape) = record(two_chunks(), 64);
+        let waiter = tokio::spawn({
+            let tape = tape.clone();
+            async move { tape.replay().await.map(collect) }
+        });
+        tokio::task::yield_now().await;
+        drop(body);
+        let replay = waiter.await.unwrap().expect("replayable");
+        assert_eq!(replay.await.0, b"first second");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_still_held_elsewhere_is_not_replayed() {
+        let (_body, tape) = record(two_chunks(), 64);
+        assert!(tape.replay().await.is_none(), "gave up after RELEASE_WAIT");
     }
 }

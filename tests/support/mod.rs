@@ -9,6 +9,7 @@ use std::time::Duration;
 
 pub mod body;
 pub mod client;
+pub mod faulty;
 pub mod h2;
 pub mod pki;
 pub mod proxy;

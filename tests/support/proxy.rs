@@ -59,6 +59,7 @@ pub struct ProxyBuilder {
     secrets: Vec<String>,
     otel_ports: Vec<u16>,
     upstream_cas: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 impl Default for ProxyBuilder {
@@ -108,7 +109,16 @@ impl ProxyBuilder {
             secrets: Vec::new(),
             otel_ports: Vec::new(),
             upstream_cas: Vec::new(),
+            wrapper: Vec::new(),
         }
+    }
+
+    /// Runs the binary through `program` (its path and arguments are appended), e.g.
+    /// `["/bin/bash", "-c", "ulimit -n 128 && exec \"$0\" \"$@\""]` for a low descriptor
+    /// limit. The wrapper must `exec` the proxy, so signals and the pid reach it.
+    pub fn wrap(mut self, program: &[&str]) -> Self {
+        self.wrapper = program.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -183,7 +193,14 @@ impl ProxyBuilder {
             self.env
                 .insert("ALLOWED_OTEL_PORTS".into(), ports.join(","));
         }
-        let mut cmd = Command::new(binary());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg(binary());
+                cmd
+            }
+            None => Command::new(binary()),
+        };
         cmd.env_clear()
             .envs(&self.env)
             .args(&self.args)
@@ -307,6 +324,15 @@ impl ProxyBuilder {
     }
 }
 
+/// The value of one sample (`name{labels}` exactly as rendered) in a /metrics text.
+pub fn metric_value(metrics: &str, sample: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{metrics}"))
+}
+
 /// Extracts the address from a `listening role=explicit addr=IP:PORT` log line.
 pub fn parse_listening(line: &str) -> Option<SocketAddr> {
     let rest = line.split("listening role=explicit addr=").nth(1)?;
@@ -339,16 +365,6 @@ pub struct Proxy {
 impl Proxy {
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// Sends `signal` (e.g. "HUP") to the proxy process.
-    pub fn signal(&self, signal: &str) {
-        let pid = self.child.as_ref().expect("proxy running").id();
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &pid.to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {pid}");
     }
 
     /// Whether the process is still alive.
@@ -434,6 +450,68 @@ impl Proxy {
             );
             std::thread::sleep(POLL_INTERVAL);
         }
+    }
+
+    /// The process id (to send it signals).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("proxy still owned").id()
+    }
+
+    /// Sends signal `name` (`TERM`, `HUP`, ...) to the proxy with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed: {status}");
+    }
+
+    /// Waits up to `limit` for the process to exit by itself; `None` if it is still running.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut().expect("proxy still owned");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    /// The address of listener `role` (`admin`, `transparent`, `dns`) from its log line.
+    pub fn role_addr(&self, role: &str) -> SocketAddr {
+        let needle = format!("listening role={role} addr=");
+        let stderr = self.wait_stderr_contains(&needle);
+        stderr
+            .lines()
+            .find_map(|l| l.split(&needle).nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|a| a.trim_matches(|c| c == '"' || c == ',').parse().ok())
+            .unwrap_or_else(|| panic!("no address in the {role} listening line:\n{stderr}"))
+    }
+
+    /// `GET /metrics` on the admin listener (`PAUDE_PROXY_ADMIN_LISTEN` must be set).
+    pub fn metrics(&self) -> String {
+        use std::io::Write;
+        let admin = self.role_addr("admin");
+        let mut tcp = std::net::TcpStream::connect_timeout(&admin, super::IO_TIMEOUT)
+            .expect("connect to the admin listener");
+        tcp.set_read_timeout(Some(super::IO_TIMEOUT))
+            .expect("read timeout");
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .expect("write /metrics request");
+        let mut text = String::new();
+        tcp.read_to_string(&mut text).expect("read /metrics");
+        assert!(text.starts_with("HTTP/1.1 200"), "/metrics: {text}");
+        text
+    }
+
+    /// Lines of the proxy's stderr containing `needle`.
+    pub fn count_stderr(&self, needle: &str) -> usize {
+        self.stderr().lines().filter(|l| l.contains(needle)).count()
     }
 
     /// Kills the process and waits for all its output; returns the complete stderr.

@@ -159,10 +159,19 @@ impl Upstream {
         Self::start(None).await
     }
 
+    /// TLS upstream like [`Upstream::https`], listening on `bind` (e.g. `[::1]:0` for an
+    /// IPv6-only service) instead of 127.0.0.1.
+    pub async fn https_bound(ca: &TestCa, names: &[&str], bind: &str) -> Self {
+        let config = pki::server_config(&ca.leaf(names));
+        Self::start_on(Some(TlsAcceptor::from(config)), bind).await
+    }
+
     async fn start(tls: Option<TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Self::start_on(tls, "127.0.0.1:0").await
+    }
+
+    async fn start_on(tls: Option<TlsAcceptor>, bind: &str) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind upstream");
         let addr = listener.local_addr().expect("upstream addr");
         let state = Arc::new(State::default());
         let accept_task = tokio::spawn(accept_loop(listener, tls, state.clone()));
