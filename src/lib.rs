@@ -40,6 +40,10 @@ pub mod body;
 pub mod error;
 pub mod metrics;
 
+/// Entry points for the `fuzz/` crate; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::net::IpAddr;
 
 use arc_swap::ArcSwap;
