@@ -3,7 +3,7 @@
 //! value is a [`ConfigError`] that names the variable, the value and what was expected.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -264,7 +264,16 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid {}={:?}: {}", self.var, self.value, self.problem)
+        write!(f, "invalid {}={:?}: ", self.var, self.value)?;
+        // The problem often quotes the bad item of a list; escape what would break the line.
+        for c in self.problem.chars() {
+            if c.is_control() {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -728,6 +737,21 @@ mod tests {
         );
         assert_eq!(c.policy.endpoints.len(), 2);
         assert_eq!(c.listen, ListenAddr::Addr("[::1]:0".parse().unwrap()));
+    }
+
+    /// Found by `scripts/fuzz config_args`: the problem text quoted the bad item raw, so a
+    /// CR or NUL in a setting broke the one-line error (and could forge a log line).
+    #[test]
+    fn an_error_stays_one_line_whatever_the_value_holds() {
+        for (flag, value) in [
+            ("--allowed-clients", "10.0.0.0/8,::fff\r\0f:1.0.0.1"),
+            ("--allowed-domains", "a.com,b\rc.com"),
+            ("--allowed-endpoints", "x\u{85}y:1"),
+        ] {
+            let line = parse(&[flag, value]).err().expect(value).to_string();
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+            assert!(line.starts_with("invalid "), "{line:?}");
+        }
     }
 
     #[test]

@@ -64,14 +64,14 @@ pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, co
 }
 
 /// What the request asks the proxy to do, from its request line alone.
-enum Form {
+pub(crate) enum Form {
     Connect(Host, u16),
     PlainHttp(Host, u16),
     AbsoluteHttps,
     NotProxy,
 }
 
-fn classify(req: &Request<Incoming>) -> Result<Form, ProxyError> {
+pub(crate) fn classify<B>(req: &Request<B>) -> Result<Form, ProxyError> {
     let uri = req.uri();
     if req.method() == Method::CONNECT {
         let authority = uri

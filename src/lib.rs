@@ -54,6 +54,10 @@ pub mod cli;
 pub mod error;
 pub mod metrics;
 
+/// Entry points for the `fuzz/` crate; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;

@@ -96,6 +96,7 @@ fn try_reload(app: &App) -> Result<String, String> {
 /// serves), so a HUP can never take the default action and end the process.
 pub async fn on_sighup(app: Arc<App>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP received: reloading the configuration");
         let _ = reload(&app);
     }
 }

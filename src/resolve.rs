@@ -62,7 +62,7 @@ pub fn parse_hosts_file(path: &Path) -> Result<HashMap<Host, Vec<IpAddr>>, Strin
     parse_hosts(&text).map_err(|(n, why)| format!("{} line {n}: {why}", path.display()))
 }
 
-fn parse_hosts(text: &str) -> Result<HashMap<Host, Vec<IpAddr>>, (usize, String)> {
+pub(crate) fn parse_hosts(text: &str) -> Result<HashMap<Host, Vec<IpAddr>>, (usize, String)> {
     let mut map: HashMap<Host, Vec<IpAddr>> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("");

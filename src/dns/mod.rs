@@ -9,6 +9,9 @@
 
 mod answer;
 mod config;
+/// Entry points for the `fuzz/` crate; not an API.
+#[doc(hidden)]
+pub mod fuzzing;
 mod hosts;
 mod name;
 mod ratelimit;

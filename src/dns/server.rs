@@ -85,7 +85,7 @@ async fn udp_loop(handler: Arc<Handler>, socket: Arc<UdpSocket>) -> io::Result<(
 
 /// Encodes for UDP; a reply over the client's size limit goes out truncated (TC set, no
 /// records) so the client retries over TCP, and its addresses are not recorded as given.
-fn finish_udp(handler: &Handler, client: IpAddr, reply: Reply) -> Option<Vec<u8>> {
+pub(super) fn finish_udp(handler: &Handler, client: IpAddr, reply: Reply) -> Option<Vec<u8>> {
     let full = encode(&reply.message)?;
     if full.len() <= reply.udp_limit {
         if let Some(given) = &reply.given {
@@ -157,7 +157,7 @@ async fn serve_tcp(handler: &Handler, mut stream: TcpStream, peer: SocketAddr) {
 
 /// Encodes with the 2-byte length prefix. A reply too big for TCP framing (impossible with
 /// real upstream answers, but not for us to assume) becomes SERVFAIL.
-fn finish_tcp(handler: &Handler, client: IpAddr, reply: Reply) -> Option<Vec<u8>> {
+pub(super) fn finish_tcp(handler: &Handler, client: IpAddr, reply: Reply) -> Option<Vec<u8>> {
     let mut message = reply.message;
     let mut body = encode(&message)?;
     match u16::try_from(body.len()) {
