@@ -221,7 +221,7 @@ def goaway_load(run, ng):
                 res["upstream retries (/metrics)"] = (
                     ", ".join(ln.replace("paude_proxy_upstream_retries_total", "") for ln in lines),
                     "")
-            for line in px.log_lines("502", 2) or px.log_lines("failed", 2):
+            for line in px.log_lines("status=502", 2):
                 run.notes.append(f"scenario 1, {label}, proxy log: `{line}`")
             return res
         finally:
@@ -252,7 +252,7 @@ def stale_pool(run, ng):
                                         "/", GET_TIMEOUT_SECONDS)
                 if status != 200:
                     bad2.append(status)
-            for line in px.log_lines("502", 1):
+            for line in px.log_lines("status=502", 1):
                 run.notes.append(f"scenario 2, {label}, proxy log: `{line}`")
             return {
                 f"non-200 of {p.spaced} GETs {p.spacing} s apart (nginx keepalive_timeout 1s)":
@@ -299,9 +299,12 @@ def stall(run, ng):
         stallers = []
         try:
             calm, _ = gets(px, p.small_gets, GET_TIMEOUT_SECONDS, NO_ANSWER_SECONDS * 2)
+            started = 0
             for _ in range(p.stallers):
-                stallers.append(soakcli.stall(px.port, host, ng.h2_port, run.ca, "/big",
-                                              STALLER_READS_BYTES, GET_TIMEOUT_SECONDS))
+                t, got = soakcli.stall(px.port, host, ng.h2_port, run.ca, "/big",
+                                       STALLER_READS_BYTES, STALLED_GET_TIMEOUT_SECONDS)
+                stallers.append(t)
+                started += got == STALLER_READS_BYTES
             time.sleep(2)  # let every staller's windows and buffers fill
             held, failed = gets(px, p.small_gets, STALLED_GET_TIMEOUT_SECONDS,
                                 STALLED_BUDGET_SECONDS)
@@ -310,6 +313,8 @@ def stall(run, ng):
             return {
                 f"median / p95 ms of {p.small_gets} GETs, no stallers": (fmt(calm), ""),
                 f"median / p95 ms with {p.stallers} stalled downloads": (fmt(held), ""),
+                f"stallers whose first {STALLER_READS_BYTES >> 10} KiB arrived":
+                    (f"{started} / {p.stallers}", f"{p.stallers}"),
                 "ratio of medians (with / without)": (ratio, "<= 2x"),
                 f"GETs unanswered within {STALLED_GET_TIMEOUT_SECONDS:.0f} s while stalled":
                     (f"{failed} / {p.small_gets}", "0"),
@@ -420,12 +425,14 @@ def memory(run, ng):
             n_slow = len(held)
             time.sleep(p.slowloris_hold)
             rss_slow = px.rss_mib()
+            open_slow, _ = px.metrics("paude_proxy_open_connections")
             for s in held:
                 s.close()
             held = []
             time.sleep(p.settle)
             rss_after = px.rss_mib()
             fds_after = px.sockets_to(ng.h2_port)
+            open_after, _ = px.metrics("paude_proxy_open_connections")
             done.set()
             res = {
                 f"CONNECT+TLS+GET to distinct names: ok / sent (s)":
@@ -439,6 +446,9 @@ def memory(run, ng):
                 "upstream sockets held 2 s after the name flood": (f"{fds_flood:,}", "capped"),
                 f"upstream sockets held {p.settle} s after both floods": (f"{fds_after:,}", ""),
             }
+            if open_slow is not None:
+                res[f"open client connections (/metrics): slowloris held / {p.settle} s after"] = (
+                    f"{open_slow:,.0f} / {open_after:,.0f}", "")
             if pooled is not None:
                 res["pooled upstream connections (/metrics) after the name flood"] = (
                     f"{pooled:,.0f}", "")
@@ -473,6 +483,7 @@ def signals(run):
                     t.close()
             except (OSError, ValueError) as e:
                 result["error"] = str(e)
+                result["events"] = getattr(e, "body", b"").count(b"data:")
 
         try:
             before = sse.accepted

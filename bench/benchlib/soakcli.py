@@ -11,6 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from .soakup import read_head
 
 
+class Truncated(OSError):
+    """A body that ended without its final chunk; `body` holds what did arrive."""
+
+    def __init__(self, msg, body):
+        super().__init__(msg)
+        self.body = body
+
+
 class Tunnel:
     """One TLS connection to `host:port` through the proxy at 127.0.0.1:`proxy_port`."""
 
@@ -48,13 +56,13 @@ class Tunnel:
             while True:
                 line = self.rfile.readline(1024)
                 if not line:
-                    raise OSError(f"body cut after {len(body)} bytes, no final chunk")
+                    raise Truncated(f"body cut after {len(body)} bytes, no final chunk", body)
                 size = int(line.split(b";")[0], 16)
                 chunk = self.rfile.read(size + 2)
                 if size == 0:
                     return status, body
                 if len(chunk) < size + 2:
-                    raise OSError("body truncated")
+                    raise Truncated("body cut inside a chunk", body + chunk)
                 body += chunk[:size]
         return status, body
 
@@ -85,16 +93,20 @@ def get(proxy_port, host, port, ca, path, timeout):
 
 
 def stall(proxy_port, host, port, ca, path, first_bytes, timeout):
-    """Starts a download and reads only `first_bytes` of it; returns the open tunnel."""
+    """Starts a download and reads at most `first_bytes` of it; returns the open tunnel
+    and how much arrived (less when the proxy stalls it, which still holds the request)."""
     t = Tunnel(proxy_port, host, port, ca, timeout)
     t.send_get(path)
     got = 0
-    while got < first_bytes:
-        chunk = t.tls.recv(first_bytes - got)
-        if not chunk:
-            break
-        got += len(chunk)
-    return t
+    try:
+        while got < first_bytes:
+            chunk = t.tls.recv(first_bytes - got)
+            if not chunk:
+                break
+            got += len(chunk)
+    except (socket.timeout, ssl.SSLError, OSError):
+        pass
+    return t, got
 
 
 def slowloris(proxy_port, count, timeout):
