@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::App;
-use crate::conns::ConnHandle;
+use crate::conns::{ConnHandle, Conns};
 
 /// Out of file descriptors: how many idle client and pooled upstream connections are
 /// closed per failed accept. Enough to serve a burst of new clients, few enough that
@@ -55,8 +55,12 @@ fn is_fd_exhaustion(e: &std::io::Error) -> bool {
     )
 }
 
+/// Runs until `stop`. Connections take their slot from `slots`: the client-facing
+/// listeners share the proxy's cap, the admin listener has its own so that `/metrics` and
+/// `/healthz` still answer during a flood.
 pub async fn accept_loop<F, Fut>(
     app: Arc<App>,
+    slots: Arc<Conns>,
     listener: TcpListener,
     role: &'static str,
     mut stop: watch::Receiver<bool>,
@@ -78,15 +82,15 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let Some(handle) = app.conns.admit() else {
+                let Some(handle) = slots.admit() else {
                     // Closed at once: a fast refusal beats a queue nobody will serve.
                     drop(stream);
                     if let Some(n) = at_cap.note(Instant::now(), PRESSURE_LOG_INTERVAL) {
                         tracing::warn!(
                             role,
                             refused = n,
-                            "connection cap reached (PAUDE_PROXY_MAX_CONNECTIONS={}): refused new connections",
-                            app.limits.max_connections
+                            "connection cap reached ({} connections): refused new connections; raise PAUDE_PROXY_MAX_CONNECTIONS if they are legitimate",
+                            slots.capacity()
                         );
                     }
                     continue;

@@ -21,6 +21,7 @@ use crate::body::{Body, BoxError};
 use crate::metrics::Counter;
 
 pub struct Conns {
+    capacity: usize,
     entries: Mutex<HashMap<u64, Entry>>,
     next_id: AtomicU64,
     slots: Arc<Semaphore>,
@@ -67,6 +68,7 @@ impl Drop for Inner {
 impl Conns {
     pub fn new(max_connections: usize) -> Arc<Conns> {
         Arc::new(Conns {
+            capacity: max_connections,
             entries: Mutex::default(),
             next_id: AtomicU64::new(1),
             slots: Arc::new(Semaphore::new(max_connections)),
@@ -104,6 +106,10 @@ impl Conns {
             close,
             _slot: slot,
         })))
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub fn len(&self) -> usize {

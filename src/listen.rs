@@ -31,6 +31,8 @@ use crate::upstream::{Upstream, root_store};
 const CLIENT_NAMES_REFRESH: Duration = Duration::from_secs(30);
 /// How often idle upstream connections past their limit are closed.
 const POOL_REAP_INTERVAL: Duration = Duration::from_secs(10);
+/// The admin listener's own connection cap: orchestrators poll it with a few connections.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// After the drain, how long upstream connection drivers get to close cleanly.
 const DRIVER_WIND_DOWN: Duration = Duration::from_secs(1);
 
@@ -388,6 +390,7 @@ pub async fn run(
     tracing::info!("listening role=explicit addr={}", own[0]);
     tasks.spawn(accept_loop(
         app.clone(),
+        app.conns.clone(),
         explicit,
         "explicit",
         stop_rx.clone(),
@@ -404,6 +407,7 @@ pub async fn run(
         let app2 = app.clone();
         tasks.spawn(accept_loop(
             app.clone(),
+            app.conns.clone(),
             t,
             "transparent",
             stop_rx.clone(),
@@ -418,6 +422,7 @@ pub async fn run(
         let app2 = app.clone();
         tasks.spawn(accept_loop(
             app.clone(),
+            Conns::new(ADMIN_MAX_CONNECTIONS),
             a,
             "admin",
             stop_rx.clone(),
