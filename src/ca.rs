@@ -31,6 +31,11 @@ const LEAF_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Re-mint well before expiry so a long-running proxy never serves an expired leaf.
 const LEAF_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 const LEAF_CACHE_CAPACITY: usize = 1024;
+/// TLS sessions clients may resume, all leaves together. One store for every leaf: rustls
+/// gives each `ServerConfig` its own by default, pre-allocated for 256 sessions (~26 KiB),
+/// which a full leaf cache multiplied into ~26 MiB kept after a flood of distinct names.
+/// Sharing is safe: rustls resumes a session only for the SNI it was made for.
+const SESSION_CACHE_CAPACITY: usize = 4096;
 const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 const CA_COMMON_NAME: &str = "paude-proxy CA";
 
@@ -66,6 +71,7 @@ pub struct CertAuthority {
     alpn: Vec<Vec<u8>>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     cache: Mutex<LruCache<Host, (Arc<ServerConfig>, Instant)>>,
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
     minted: AtomicU64,
 }
 
@@ -136,6 +142,7 @@ impl CertAuthority {
             cache: Mutex::new(LruCache::new(
                 NonZeroUsize::new(LEAF_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN),
             )),
+            sessions: rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE_CAPACITY),
             minted: AtomicU64::new(0),
         })
     }
@@ -183,6 +190,7 @@ impl CertAuthority {
         // Our preference, not the client's: AES-128/SHA-256 first (see `client_facing_provider`).
         cfg.ignore_client_order = true;
         cfg.alpn_protocols = self.alpn.clone();
+        cfg.session_storage = self.sessions.clone();
         Ok(cfg)
     }
 
