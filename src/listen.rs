@@ -31,6 +31,9 @@ use crate::upstream::{Upstream, root_store};
 const CLIENT_NAMES_REFRESH: Duration = Duration::from_secs(30);
 /// How often idle upstream connections past their limit are closed.
 const POOL_REAP_INTERVAL: Duration = Duration::from_secs(10);
+/// With `PAUDE_PROXY_DNS_LISTEN=...:0`, how many UDP ports to try for one whose TCP twin
+/// is free too.
+const DNS_PORT_TRIES: usize = 16;
 /// The admin listener's own connection cap: orchestrators poll it with a few connections.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// After the drain, how long upstream connection drivers get to close cleanly.
@@ -283,17 +286,21 @@ async fn bind_dns(listen: &ListenAddr) -> Result<(UdpSocket, TcpListener), Start
     const VAR: &str = "PAUDE_PROXY_DNS_LISTEN";
     let mut last = None;
     for addr in candidates(listen) {
-        let udp = match UdpSocket::bind(addr).await {
-            Ok(u) => u,
-            Err(e) => {
-                last = Some((addr, e));
-                continue;
+        // Port 0: the port UDP got may be taken for TCP by another process; pick again.
+        let tries = if addr.port() == 0 { DNS_PORT_TRIES } else { 1 };
+        for _ in 0..tries {
+            let udp = match UdpSocket::bind(addr).await {
+                Ok(u) => u,
+                Err(e) => {
+                    last = Some((addr, e));
+                    break;
+                }
+            };
+            let bound = udp.local_addr().unwrap_or(addr);
+            match TcpListener::bind(bound).await {
+                Ok(tcp) => return Ok((udp, tcp)),
+                Err(e) => last = Some((bound, e)),
             }
-        };
-        let bound = udp.local_addr().unwrap_or(addr);
-        match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) => last = Some((bound, e)),
         }
     }
     let (addr, source) = last.unwrap_or_else(|| {
