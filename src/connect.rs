@@ -204,7 +204,7 @@ async fn connect(
         %client,
         target = %what,
         addr = %target,
-        credential = app.routes.serves(&target.host).unwrap_or("-"),
+        credential = app.routes.load().serves(&target.host).unwrap_or("-"),
         "allow CONNECT"
     );
     let upgrade = hyper::upgrade::on(&mut req);
@@ -245,8 +245,8 @@ async fn plain_http(
         upstream: &app.upstream,
         target: None,
     };
-    let req = match app
-        .routes
+    let routes = app.routes.load_full();
+    let req = match routes
         .vendors
         .answer(ctx, Via::PlainHttp, &host, port, req)
         .await

@@ -27,9 +27,10 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
         Err(e) => return e.into_response(),
     };
     // The route for this request, among those the client's policy lets it use.
-    let policy = app.policy.load();
+    let policy = app.policy.load_full();
+    let routes = app.routes.load_full();
     let route = match tunnel.credentials {
-        Credentials::Eligible => app.routes.select_among(
+        Credentials::Eligible => routes.select_among(
             &target.host,
             req.method(),
             req.uri().path(),
@@ -44,8 +45,7 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
             upstream: &app.upstream,
             target: Some(target),
         };
-        let req = match app
-            .routes
+        let req = match routes
             .vendors
             .answer(ctx, Via::Tls, &target.host, target.port(), req)
             .await

@@ -82,7 +82,9 @@ pub struct App {
     /// What the sandbox DNS told each client: evidence for the SNI ↔ IP check.
     pub answers: std::sync::Arc<crate::dns::AnswerRecord>,
     pub policy: ArcSwap<Policy>,
-    pub routes: Routes,
+    /// The credential routes and vendors; swapped whole by a reload. A request holds the
+    /// `Arc` it started with, so a reload never changes a route under it.
+    pub routes: ArcSwap<Routes>,
     pub ca: CertAuthority,
     pub upstream: Upstream,
     pub resolver: Resolver,

@@ -136,7 +136,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         reload,
         answers,
         policy: ArcSwap::from_pointee(config.policy),
-        routes: config.routes,
+        routes: ArcSwap::from_pointee(config.routes),
         ca,
         upstream: Upstream::new(roots, config.limits.clone(), tasks.clone()),
         resolver: Resolver::with_hosts(config.hosts),
@@ -503,7 +503,7 @@ struct SandboxNames(Arc<App>);
 
 impl NamePolicy for SandboxNames {
     fn allows(&self, client: IpAddr, name: &str) -> bool {
-        let emulated = self.0.routes.vendors.pins(name);
+        let emulated = self.0.routes.load().vendors.pins(name);
         emulated
             || Host::parse(name)
                 .is_ok_and(|h| policy::domain_allowed(&self.0.policy.load(), client, &h))

@@ -80,15 +80,18 @@ fn try_reload(app: &App) -> Result<String, String> {
         *configured = fresh.clients.clone().unwrap_or_default();
     }
     let summary = format!(
-        "{} rule(s), {} agent(s), domains {}, credentials config valid (routes apply at restart)",
+        "{} rule(s), {} agent(s), domains {}, {} credential route(s)",
         fresh.requests.rules.len(),
         fresh.requests.agents.len(),
         match &fresh.domains {
             None => "all".to_string(),
             Some(d) => format!("{} pattern(s)", d.len()),
-        }
+        },
+        config.routes.iter().count()
     );
     app.policy.store(Arc::new(fresh));
+    // Requests in flight keep the routes they started with; the next ones see these.
+    app.routes.store(Arc::new(config.routes));
     Ok(summary)
 }
 

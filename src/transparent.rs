@@ -142,16 +142,19 @@ async fn tls(
     } else {
         Credentials::Eligible
     };
+    let routes = app.routes.load();
     tracing::info!(
         %client,
         target = %what,
         addr = %target,
         credential = match credentials {
-            Credentials::Eligible => app.routes.serves(&target.host).unwrap_or("-"),
+            Credentials::Eligible => routes.serves(&target.host).unwrap_or("-"),
             Credentials::Never => "-",
         },
         "allow transparent TLS"
     );
+    // A guard is not held across the tunnel's life.
+    drop(routes);
     serve_tunnel(
         app,
         io,
@@ -255,7 +258,8 @@ async fn http_request(
         // Answers the proxy gives itself (the emulated metadata server) come before the
         // SSRF guard would refuse 169.254.169.254; nothing is forwarded.
         let ctx = Ctx { upstream: &app.upstream, target: None };
-        let req = match app.routes.vendors.answer(ctx, Via::PlainHttp, &host, orig.port(), req).await {
+        let routes = app.routes.load_full();
+        let req = match routes.vendors.answer(ctx, Via::PlainHttp, &host, orig.port(), req).await {
             Ok(answered) => return answered,
             Err(req) => req,
         };

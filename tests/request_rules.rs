@@ -613,3 +613,59 @@ async fn reload_applies_to_the_next_request_on_an_open_tunnel_and_rejects_bad_fi
     assert_eq!(r.status(), 200);
     collect(r.into_body()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rebuilds_the_credential_routes_for_the_next_request_on_an_open_tunnel() {
+    let (_ca, upstream, builder) = tls_lab().await;
+    let port = upstream.port();
+    let real = fake_secret("reloaded");
+    let bearer = r#"{"credentials":[{"env_var":"RELOAD_KEY","injector":"bearer","domains":["api.github.com"]}]}"#;
+    let header = r#"{"credentials":[{"env_var":"RELOAD_KEY","injector":"api_key","params":{"header_name":"x-reload-key"},"domains":["api.github.com"]}]}"#;
+    let path = builder.write_file("credentials.json", bearer);
+    let mut proxy = builder
+        .env("PAUDE_PROXY_CREDENTIALS_CONFIG", path.display().to_string())
+        .env("PAUDE_PROXY_ADMIN_LISTEN", "127.0.0.1:0")
+        .secret("RELOAD_KEY", &real)
+        .spawn();
+    let admin = admin_addr(&proxy);
+    let mut tunnel = TunnelClient::open(&proxy, "api.github.com", port).await;
+    let r = tunnel.get("/echo").await;
+    assert_eq!(r.status(), 200);
+    collect(r.into_body()).await;
+
+    // The route now writes another header: the next request on the same tunnel uses it.
+    std::fs::write(&path, header).unwrap();
+    let (code, body) = curl_admin(&["-X", "POST", &format!("http://{admin}/reload")]);
+    assert_eq!(code, "200", "{body}");
+    let r = tunnel.get("/echo").await;
+    assert_eq!(r.status(), 200);
+    collect(r.into_body()).await;
+
+    // An invalid credentials config is refused and the last good routes stay.
+    std::fs::write(&path, "{not json").unwrap();
+    let (code, body) = curl_admin(&["-X", "POST", &format!("http://{admin}/reload")]);
+    assert_eq!(code, "422", "{body}");
+    let r = tunnel.get("/echo").await;
+    assert_eq!(r.status(), 200);
+    collect(r.into_body()).await;
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    assert_eq!(
+        seen[0].header_values("authorization"),
+        vec![format!("Bearer {real}")]
+    );
+    assert!(!seen[0].has_header("x-reload-key"));
+    for later in &seen[1..] {
+        assert_eq!(
+            later.header_values("x-reload-key"),
+            vec![real.clone()],
+            "{later:#?}"
+        );
+        assert!(
+            later.header_values("authorization").is_empty(),
+            "{later:#?}"
+        );
+    }
+    proxy.assert_no_secret_leaks();
+}
