@@ -218,6 +218,10 @@ async fn the_metadata_server_is_emulated() {
 
         let r = metadata_get(&proxy, host, TOKEN_PATH, false).await;
         assert_eq!(r.status, 403, "Metadata-Flavor is required: {r:?}");
+        assert_eq!(
+            r.header("x-proxy-error").as_deref(),
+            Some("metadata-flavor-required")
+        );
         assert!(!r.body_text().contains("access_token"));
     }
     assert_eq!(google.tcp_accepts(), 0);

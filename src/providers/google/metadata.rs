@@ -72,11 +72,14 @@ pub fn respond<B>(project_id: Option<&str>, req: &Request<B>) -> Response<Body> 
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"Google"));
     if !flavored {
-        return answer(
+        let mut resp = answer(
             StatusCode::FORBIDDEN,
             "text/plain",
             "Missing required header: Metadata-Flavor: Google\n".into(),
         );
+        // Every 403 the proxy writes says which kind of refusal it is.
+        crate::error::mark_kind(&mut resp, Some("metadata-flavor-required"));
+        return resp;
     }
     match req.uri().path() {
         TOKEN_PATH => answer(StatusCode::OK, "application/json", VENDED_TOKEN_JSON.into()),
