@@ -268,7 +268,7 @@ async fn plain_http(
     let ctx = RequestCtx::new(Mode::Explicit, facts, &req);
     let allowed = crate::gate::check(app, &ctx)?;
     tracing::info!(%client, url = %what, addr = %target, by = %allowed, "allow plain HTTP (no credential)");
-    let resp = crate::forward::forward(app, Scheme::Http, &target, None, req)
+    let resp = crate::forward::forward(app, Scheme::Http, &target, None, ctx.count_upload(req))
         .await
         .unwrap_or_else(ProxyError::into_response);
     Ok(crate::gate::finish(app, ctx, &allowed, None, resp))

@@ -18,7 +18,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 
 use crate::App;
@@ -39,7 +39,7 @@ pub async fn forward(
     scheme: Scheme,
     target: &Target,
     route: Option<&Route>,
-    req: Request<Incoming>,
+    req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     if is_websocket(&req) {
         return relay_websocket(app, scheme, target, route, req).await;
@@ -52,13 +52,13 @@ pub async fn forward(
     app.metrics.requests.inc();
     let Some(route) = route else {
         tracing::debug!(host = %target.host, method = %parts.method, path = parts.uri.path(), "forwarding");
-        let req = Request::from_parts(parts, body::stream(incoming));
+        let req = Request::from_parts(parts, incoming);
         return send(app, scheme, target, req).await;
     };
     let value = route.value().await?;
     injected(app, target, &parts, route, &value);
     if !route.refreshes() {
-        let req = with_value(&parts, route, &value, body::stream(incoming))?;
+        let req = with_value(&parts, route, &value, incoming)?;
         return Ok(scrub(&value.needles, send(app, scheme, target, req).await?));
     }
     let whole = match buffer(&parts.headers, incoming).await? {
@@ -165,7 +165,7 @@ pub async fn relay_websocket(
     scheme: Scheme,
     target: &Target,
     route: Option<&Route>,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, incoming) = req.into_parts();
@@ -182,10 +182,10 @@ pub async fn relay_websocket(
         Some(route) => {
             let value = route.value().await?;
             injected(app, target, &parts, route, &value);
-            let req = with_value(&parts, route, &value, body::stream(incoming))?;
+            let req = with_value(&parts, route, &value, incoming)?;
             (req, Some(value.needles))
         }
-        None => (Request::from_parts(parts, body::stream(incoming)), None),
+        None => (Request::from_parts(parts, incoming), None),
     };
     let mut resp = app
         .upstream
@@ -255,7 +255,7 @@ enum Buffered {
 
 /// Reads the body into memory if it is small enough and meant to end; otherwise returns a
 /// body that replays what was read and streams the rest.
-async fn buffer(headers: &HeaderMap, mut incoming: Incoming) -> Result<Buffered, ProxyError> {
+async fn buffer(headers: &HeaderMap, mut incoming: Body) -> Result<Buffered, ProxyError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -266,7 +266,7 @@ async fn buffer(headers: &HeaderMap, mut incoming: Incoming) -> Result<Buffered,
         .is_some_and(|ct| ct.starts_with("application/grpc"));
     let too_large = declared.is_some_and(|n| n > MAX_RETRY_BODY as u64);
     if too_large || (is_grpc && declared.is_none()) {
-        return Ok(Buffered::Streaming(crate::body::stream(incoming)));
+        return Ok(Buffered::Streaming(incoming));
     }
     let mut data = BytesMut::new();
     let mut trailers = None;
@@ -302,7 +302,7 @@ async fn buffer(headers: &HeaderMap, mut incoming: Incoming) -> Result<Buffered,
 /// What was already read, then the rest of the client's body.
 struct Replay {
     head: Option<Bytes>,
-    rest: Incoming,
+    rest: Body,
 }
 
 impl hyper::body::Body for Replay {
@@ -316,9 +316,7 @@ impl hyper::body::Body for Replay {
         if let Some(head) = self.head.take() {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map_err(BoxError::from)
+        Pin::new(&mut self.rest).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -6,6 +6,7 @@
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -44,7 +45,8 @@ pub struct RequestCtx {
     pub method: String,
     pub path: String,
     pub query: Option<String>,
-    pub bytes_up: Option<u64>,
+    /// Request-body bytes the client sent, counted as they pass ([`RequestCtx::count_upload`]).
+    uploaded: Arc<AtomicU64>,
     pub started: Instant,
 }
 
@@ -56,12 +58,21 @@ impl RequestCtx {
             method: req.method().as_str().to_string(),
             path: req.uri().path().to_string(),
             query: req.uri().query().map(str::to_string),
-            bytes_up: req
-                .headers()
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse().ok()),
+            uploaded: Arc::default(),
             started: Instant::now(),
         }
+    }
+
+    /// The request with its body counted into this context's upload total, for the audit
+    /// log (the declared length would be absent for chunked uploads, and can lie).
+    pub fn count_upload(&self, req: Request<hyper::body::Incoming>) -> Request<Body> {
+        let uploaded = self.uploaded.clone();
+        req.map(|inner| {
+            http_body_util::BodyExt::boxed_unsync(Uploaded {
+                inner: crate::body::stream(inner),
+                uploaded,
+            })
+        })
     }
 
     /// The full URL, as the blocked log names a refused request.
@@ -192,7 +203,7 @@ impl Pending {
             method: &self.ctx.method,
             path: &self.ctx.path,
             status: self.status,
-            bytes_up: self.ctx.bytes_up,
+            bytes_up: Some(self.ctx.uploaded.load(Ordering::Relaxed)),
             bytes_down,
             duration_ms: u64::try_from(self.ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             decision: "allow",
@@ -248,5 +259,38 @@ impl Drop for Counted {
         if let Some(p) = self.pending.take() {
             p.record(self.bytes);
         }
+    }
+}
+
+/// A request body that adds what passes through to a shared count.
+struct Uploaded {
+    inner: Body,
+    uploaded: Arc<AtomicU64>,
+}
+
+impl HttpBody for Uploaded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            self.uploaded
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -39,6 +39,7 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
         ),
         Credentials::Never => None,
     };
+    let audit = &ctx;
     let result = async {
         // Answers the proxy gives itself (token vending) come first; nothing is forwarded.
         let ctx = Ctx {
@@ -60,7 +61,7 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
                 target.host
             )));
         }
-        forward(app, Scheme::Https, target, route, req).await
+        forward(app, Scheme::Https, target, route, audit.count_upload(req)).await
     }
     .await;
     let resp = result.unwrap_or_else(ProxyError::into_response);

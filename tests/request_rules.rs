@@ -669,3 +669,30 @@ async fn reload_rebuilds_the_credential_routes_for_the_next_request_on_an_open_t
     }
     proxy.assert_no_secret_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_counts_the_bytes_a_chunked_upload_really_sent() {
+    let (_ca, upstream, builder) = tls_lab().await;
+    let audit = builder.dir().join("audit.log");
+    let proxy = builder
+        .env("PAUDE_PROXY_AUDIT_LOG", audit.display().to_string())
+        .spawn();
+    // No Content-Length: only counting what passes can know the size.
+    let body = "x".repeat(12_345);
+    let res = Curl::new(
+        &proxy,
+        &https_url("api.github.com", upstream.port(), "/upload"),
+    )
+    .method("POST")
+    .header("Transfer-Encoding: chunked")
+    .data(&body)
+    .run()
+    .await;
+    assert_eq!(res.http_code, 200, "{res:?}");
+    let text = wait_lines(&audit, 1);
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(line["method"], "POST", "{text}");
+    assert_eq!(line["bytes_up"], 12_345, "{text}");
+    assert_eq!(upstream.requests()[0].body_len, 12_345);
+}
