@@ -79,8 +79,16 @@ pub async fn serve_redirected(
             plain_http(app, Replay::new(buf, stream), client, orig, conn).await
         }
         Err(e) => {
-            tracing::info!(%client, dst = %orig, "refused: unusable ClientHello: {e}");
-            app.blocked.denied(client, "CONNECT", &orig.to_string());
+            let at = Refusal {
+                mode: Mode::Transparent,
+                client,
+                method: "CONNECT",
+                what: orig.to_string(),
+                host: None,
+                port: orig.port(),
+                path: "",
+            };
+            app.deny(&at, DenyReason::BadClientHello(e.to_string()));
         }
     }
 }

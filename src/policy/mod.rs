@@ -139,6 +139,9 @@ pub enum DenyReason {
     },
     /// The request's path cannot be normalised safely, so no rule could be trusted on it.
     BadPath(PathError),
+    /// Transparent mode: what arrived is not a ClientHello the proxy can route by (why, as
+    /// the parser said it; never data from the hello).
+    BadClientHello(String),
 }
 
 impl DenyReason {
@@ -155,6 +158,7 @@ impl DenyReason {
             DenyReason::Rule { .. } => "blocked-by-rule",
             DenyReason::DefaultDeny { .. } => "blocked-by-default",
             DenyReason::BadPath(_) => "blocked-unsafe-path",
+            DenyReason::BadClientHello(_) => "blocked-bad-client-hello",
         }
     }
 }
@@ -162,6 +166,7 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            DenyReason::BadClientHello(why) => write!(f, "unusable ClientHello: {why}"),
             DenyReason::ClientNotAllowed(ip) => {
                 write!(f, "client {ip} is not in PAUDE_PROXY_ALLOWED_CLIENTS")
             }
