@@ -263,9 +263,10 @@ async fn plain_http(
         entry: Entry::PlainHttp,
     };
     let target = approve(app, facts.clone(), method.as_str(), &what).await?;
-    headers::check_authority(&req, &target.host, port)?;
-    headers::check_framing(&req)?;
     let ctx = RequestCtx::new(Mode::Explicit, facts, &req);
+    headers::check_authority(&req, &target.host, port)
+        .and_then(|()| headers::check_framing(&req))
+        .inspect_err(|e| crate::gate::refused(app, &ctx, e))?;
     let allowed = crate::gate::check(app, &ctx)?;
     tracing::info!(%client, url = %what, addr = %target, by = %allowed, "allow plain HTTP (no credential)");
     let resp = crate::forward::forward(app, Scheme::Http, &target, None, ctx.count_upload(req))

@@ -133,6 +133,41 @@ pub fn check(app: &App, ctx: &RequestCtx) -> Result<Allowed, ProxyError> {
         .map_err(|reason| app.deny(&ctx.refusal(), reason))
 }
 
+/// Records a request refused before the rules were asked (misdirected, bad framing): the
+/// audit log has a line for every request. Denials by the policy are recorded by
+/// [`App::deny`] already.
+pub fn refused(app: &App, ctx: &RequestCtx, err: &ProxyError) {
+    let Some(audit) = &app.audit else { return };
+    if matches!(err, ProxyError::Denied(_)) {
+        return;
+    }
+    let host = ctx.facts.host.to_string();
+    let agent = app
+        .policy
+        .load()
+        .requests
+        .agent(ctx.facts.client)
+        .map(|a| a.name.clone());
+    audit.record(&AuditEvent {
+        time: now_rfc3339(),
+        client: ctx.facts.client.to_string(),
+        agent: agent.as_deref(),
+        mode: ctx.mode.as_str(),
+        host: &host,
+        port: ctx.facts.port,
+        method: &ctx.method,
+        path: &ctx.path,
+        status: err.status().as_u16(),
+        bytes_up: None,
+        bytes_down: 0,
+        duration_ms: u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        decision: "deny",
+        by: "malformed-request".to_string(),
+        reason: Some(err.to_string()),
+        credential: None,
+    });
+}
+
 /// Records an allowed request: a learn entry now, an audit line when the response body ends.
 pub fn finish(
     app: &App,

@@ -24,7 +24,10 @@ pub async fn tunnel_request(app: &App, tunnel: &Tunnel, req: Request<Incoming>) 
         .and_then(|()| crate::gate::check(app, &ctx));
     let allowed = match checked {
         Ok(a) => a,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            crate::gate::refused(app, &ctx, &e);
+            return e.into_response();
+        }
     };
     // The route for this request, among those the client's policy lets it use.
     let policy = app.policy.load_full();

@@ -278,8 +278,9 @@ async fn http_request(
         let target = approve(app, &ctx.facts, orig)
             .await
             .map_err(|reason| app.deny(&ctx.refusal(), reason))?;
-        headers::check_authority(&req, &target.host, target.port())?;
-        headers::check_framing(&req)?;
+        headers::check_authority(&req, &target.host, target.port())
+            .and_then(|()| headers::check_framing(&req))
+            .inspect_err(|e| crate::gate::refused(app, &ctx, e))?;
         let allowed = crate::gate::check(app, &ctx)?;
         tracing::info!(%client, url = %what, addr = %target, by = %allowed, "allow transparent HTTP (no credential)");
         let resp = crate::forward::forward(app, Scheme::Http, &target, None, ctx.count_upload(req))

@@ -696,3 +696,30 @@ async fn the_audit_log_counts_the_bytes_a_chunked_upload_really_sent() {
     assert_eq!(line["bytes_up"], 12_345, "{text}");
     assert_eq!(upstream.requests()[0].body_len, 12_345);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_the_rules_still_gets_an_audit_line() {
+    let (_ca, upstream, builder) = tls_lab().await;
+    let audit = builder.dir().join("audit.log");
+    let proxy = builder
+        .env("PAUDE_PROXY_AUDIT_LOG", audit.display().to_string())
+        .spawn();
+    let mut tunnel = TunnelClient::open(&proxy, "api.github.com", upstream.port()).await;
+    // A second, different Host inside the tunnel: refused (400) before any rule runs,
+    // nothing forwarded.
+    let misdirected = tunnel
+        .request("GET", "/echo")
+        .header("host", "evil.test")
+        .body(support::body::empty())
+        .unwrap();
+    let r = tunnel.send(misdirected).await;
+    assert_eq!(r.status(), 400);
+    collect(r.into_body()).await;
+    let text = wait_lines(&audit, 1);
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(line["decision"], "deny", "{text}");
+    assert_eq!(line["status"], 400, "{text}");
+    assert_eq!(line["by"], "malformed-request", "{text}");
+    assert!(upstream.requests().is_empty());
+}
