@@ -59,3 +59,6 @@ pub fn stub(which: StubKind) -> String {
         StubKind::Codex => openai::stub::json(),
     }
 }
+
+#[cfg(test)]
+mod table_tests;
