@@ -52,6 +52,7 @@ pub mod audit_log;
 pub mod body;
 pub mod cli;
 pub mod error;
+pub mod log_writer;
 pub mod metrics;
 
 /// Entry points for the `fuzz/` crate; not an API.

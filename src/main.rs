@@ -108,25 +108,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Log lines go to stderr through a background writer thread, so request handling never
-/// waits on the terminal or a pipe (measured: ~8% of CPU under keep-alive load when
-/// written inline). Not lossy: a full buffer applies back-pressure rather than drop lines.
-fn init_tracing(verbose: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// Log lines go to stderr through a background writer thread, in batches, so request
+/// handling never waits on the terminal or a pipe and never wakes a thread per line
+/// (`log_writer` says what that cost).
+fn init_tracing(verbose: bool) -> Option<paude_proxy::log_writer::FlushGuard> {
     let default = if verbose {
         "paude_proxy=debug,info"
     } else {
         "info"
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .finish(std::io::stderr());
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(false)
-        .init();
-    guard
+        .with_ansi(false);
+    match paude_proxy::log_writer::spawn(std::io::stderr()) {
+        Ok((writer, guard)) => {
+            builder.with_writer(writer).init();
+            Some(guard)
+        }
+        Err(e) => {
+            // No thread to spare: log inline rather than not at all.
+            builder.with_writer(std::io::stderr).init();
+            tracing::warn!("cannot start the log writer thread, logging inline: {e}");
+            None
+        }
+    }
 }
 
 /// Counts SIGTERM and SIGINT from now on (inside the runtime); `None` if they cannot be
