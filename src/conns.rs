@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{Body, BoxError};
@@ -37,8 +37,52 @@ pub struct Conns {
 
 struct Entry {
     since: Instant,
-    busy: watch::Receiver<usize>,
+    activity: Arc<Activity>,
     close: CancellationToken,
+}
+
+/// Whether a connection has requests in flight, and since when it has had none.
+///
+/// Plain atomics, not a watch channel: a request starting or ending used to wake the
+/// connection's task (which re-polled hyper's whole connection) and arm a fresh idle
+/// timer, on every request. Now the idle check wakes only when its timer fires and
+/// re-arms itself for whatever is left of the period (issue 14).
+struct Activity {
+    busy: AtomicUsize,
+    /// Milliseconds after `epoch` when the last request ended.
+    last_done: AtomicU64,
+    epoch: tokio::time::Instant,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            busy: AtomicUsize::new(0),
+            last_done: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How much longer the connection must stay idle to have been idle for `idle`;
+    /// `None` once it has.
+    fn idle_left(&self, idle: Duration) -> Option<Duration> {
+        if !self.is_idle() {
+            return Some(idle);
+        }
+        let since = Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_done.load(Ordering::Acquire)),
+        );
+        idle.checked_sub(since).filter(|left| !left.is_zero())
+    }
 }
 
 /// One accepted connection. Cloned into whatever serves it (the CONNECT tunnel outlives
@@ -49,7 +93,7 @@ pub struct ConnHandle(Arc<Inner>);
 struct Inner {
     id: u64,
     conns: Arc<Conns>,
-    busy: watch::Sender<usize>,
+    activity: Arc<Activity>,
     close: CancellationToken,
     _slot: OwnedSemaphorePermit,
 }
@@ -86,7 +130,7 @@ impl Conns {
             return None;
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (busy, busy_rx) = watch::channel(0);
+        let activity = Arc::new(Activity::new());
         let close = self.shutdown.child_token();
         self.entries
             .lock()
@@ -95,14 +139,14 @@ impl Conns {
                 id,
                 Entry {
                     since: Instant::now(),
-                    busy: busy_rx,
+                    activity: activity.clone(),
                     close: close.clone(),
                 },
             );
         Some(ConnHandle(Arc::new(Inner {
             id,
             conns: self.clone(),
-            busy,
+            activity,
             close,
             _slot: slot,
         })))
@@ -125,7 +169,7 @@ impl Conns {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let mut idle: Vec<(&Instant, &CancellationToken)> = entries
             .values()
-            .filter(|e| *e.busy.borrow() == 0 && !e.close.is_cancelled())
+            .filter(|e| e.activity.is_idle() && !e.close.is_cancelled())
             .map(|e| (&e.since, &e.close))
             .collect();
         idle.sort_by_key(|(since, _)| **since);
@@ -162,7 +206,7 @@ impl Conns {
 impl ConnHandle {
     /// Marks a request in flight until the guard is dropped.
     pub fn busy(&self) -> Busy {
-        self.0.busy.send_modify(|n| *n += 1);
+        self.0.activity.busy.fetch_add(1, Ordering::AcqRel);
         Busy(self.0.clone())
     }
 
@@ -173,16 +217,10 @@ impl ConnHandle {
 
     /// Resolves once no request has been in flight for `idle`.
     pub fn idle_for(&self, idle: Duration) -> impl Future<Output = ()> + Send + 'static {
-        let mut busy = self.0.busy.subscribe();
+        let activity = self.0.activity.clone();
         async move {
-            loop {
-                if busy.wait_for(|n| *n == 0).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(idle) => return,
-                    changed = busy.changed() => if changed.is_err() { return },
-                }
+            while let Some(left) = activity.idle_left(idle) {
+                tokio::time::sleep(left).await;
             }
         }
     }
@@ -204,7 +242,13 @@ pub struct Busy(Arc<Inner>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0.busy.send_modify(|n| *n = n.saturating_sub(1));
+        let activity = &self.0.activity;
+        // Stamped before the count drops, so an idle check that sees zero in flight
+        // also sees this request's end.
+        activity
+            .last_done
+            .store(activity.now_ms(), Ordering::Release);
+        activity.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
