@@ -15,6 +15,7 @@ use crate::credential::fetch::{
     Fetch, FetchError, FetchFuture, Fetched, HttpsClient, Why, https_client, read_token_response,
 };
 use crate::credential::file::{Read, read_private, write_private};
+use crate::providers::openai::vend::PLACEHOLDER_ACCOUNT;
 use crate::providers::openai::{ACCOUNT_HEADER, CLIENT_ID, jwt};
 use crate::secret::Secret;
 
@@ -199,6 +200,10 @@ fn fetched(access: Secret, account: Option<Secret>, lifetime: Duration) -> Fetch
         access_token: access,
         lifetime,
         margin: Some(REFRESH_BEFORE.min(lifetime / 2)),
+        stand_ins: account
+            .iter()
+            .map(|a| (a.clone(), PLACEHOLDER_ACCOUNT))
+            .collect(),
         extra: account
             .map(|a| (HeaderName::from_static(ACCOUNT_HEADER), a))
             .into_iter()
