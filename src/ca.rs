@@ -322,7 +322,7 @@ mod tests {
     fn leaf_has_the_required_shape() {
         let dir = tempfile::tempdir().unwrap();
         let ca = CertAuthority::load_or_create(dir.path()).unwrap();
-        let host = Host::parse("api.openai.com").unwrap();
+        let host = Host::parse("api.example.test").unwrap();
         let cfg = ca.server_config(&host).unwrap();
         assert!(
             Arc::ptr_eq(&cfg, &ca.server_config(&host).unwrap()),
@@ -335,7 +335,7 @@ mod tests {
         );
 
         for (name, want_san) in [
-            ("api.openai.com", "api.openai.com"),
+            ("api.example.test", "api.example.test"),
             ("10.1.2.3", "10.1.2.3"),
         ] {
             let der = ca.leaf_der(&Host::parse(name).unwrap()).unwrap();

@@ -17,9 +17,9 @@ mod parse;
 mod read;
 mod replay;
 
+// Shared with tests/client_hello_fixtures.rs, which uses the parts these unit tests do not.
 #[cfg(test)]
-mod fixture_tests;
-#[cfg(test)]
+#[allow(dead_code)]
 mod testing;
 
 pub use name::{InvalidName, SniName};

@@ -180,14 +180,14 @@ mod tests {
 
     #[test]
     fn authority_table() {
-        let host = Host::parse("api.openai.com").unwrap();
+        let host = Host::parse("api.example.test").unwrap();
         let ok = [
-            req("/", &[("host", "api.openai.com")]),
-            req("/", &[("host", "API.openai.com.:443")]),
-            req("https://api.openai.com/v1", &[]),
+            req("/", &[("host", "api.example.test")]),
+            req("/", &[("host", "API.example.test.:443")]),
+            req("https://api.example.test/v1", &[]),
             req(
-                "https://api.openai.com:443/v1",
-                &[("host", "api.openai.com")],
+                "https://api.example.test:443/v1",
+                &[("host", "api.example.test")],
             ),
         ];
         for r in ok {
@@ -195,9 +195,9 @@ mod tests {
         }
         let misdirected = [
             req("/", &[("host", "evil.com")]),
-            req("/", &[("host", "api.openai.com:8443")]),
-            req("https://evil.com/", &[("host", "api.openai.com")]),
-            req("https://api.openai.com/", &[("host", "evil.com")]),
+            req("/", &[("host", "api.example.test:8443")]),
+            req("https://evil.com/", &[("host", "api.example.test")]),
+            req("https://api.example.test/", &[("host", "evil.com")]),
         ];
         for r in misdirected {
             assert!(
@@ -212,7 +212,7 @@ mod tests {
             req("/", &[]),
             req(
                 "/",
-                &[("host", "api.openai.com"), ("host", "api.openai.com")],
+                &[("host", "api.example.test"), ("host", "api.example.test")],
             ),
             req("/", &[("host", "a b")]),
         ];

@@ -110,7 +110,7 @@ impl Host {
     }
 
     /// `self` equals `suffix` or is a subdomain of it (label boundary, so
-    /// `evil-openai.com` is not under `openai.com`).
+    /// `evil-example.test` is not under `example.test`).
     pub fn is_within(&self, suffix: &Host) -> bool {
         let (me, sfx) = (self.as_str(), suffix.as_str());
         me == sfx
@@ -258,8 +258,8 @@ mod tests {
 
     #[test]
     fn normalisation_is_the_same_for_every_spelling() {
-        for raw in ["API.OpenAI.com", "api.openai.com.", "api.openai.com"] {
-            assert_eq!(h(raw).as_str(), "api.openai.com");
+        for raw in ["API.Example.test", "api.example.test.", "api.example.test"] {
+            assert_eq!(h(raw).as_str(), "api.example.test");
         }
         assert_eq!(h("[::1]").as_str(), "::1");
         assert_eq!(h("::ffff:10.0.0.1").as_str(), "10.0.0.1");
@@ -294,8 +294,16 @@ mod tests {
     fn authority_forms() {
         type Case<'a> = (&'a str, Option<u16>, Option<(&'a str, u16)>);
         let cases: &[Case] = &[
-            ("api.openai.com:443", None, Some(("api.openai.com", 443))),
-            ("API.openai.com.:8443", None, Some(("api.openai.com", 8443))),
+            (
+                "api.example.test:443",
+                None,
+                Some(("api.example.test", 443)),
+            ),
+            (
+                "API.example.test.:8443",
+                None,
+                Some(("api.example.test", 8443)),
+            ),
             ("[::1]:443", None, Some(("::1", 443))),
             ("[::1]", Some(80), Some(("::1", 80))),
             ("::1", Some(80), Some(("::1", 80))),
@@ -317,22 +325,22 @@ mod tests {
     #[test]
     fn patterns_match_by_label() {
         let table: &[(&str, &str, bool)] = &[
-            (".openai.com", "openai.com", true),
-            (".openai.com", "api.openai.com", true),
-            (".openai.com", "API.OPENAI.COM.", true),
-            (".openai.com", "evil-openai.com", false),
-            (".openai.com", "openai.com.evil.net", false),
-            ("*.openai.com", "api.openai.com", true),
+            (".example.test", "example.test", true),
+            (".example.test", "api.example.test", true),
+            (".example.test", "API.EXAMPLE.TEST.", true),
+            (".example.test", "evil-example.test", false),
+            (".example.test", "example.test.evil.net", false),
+            ("*.example.test", "api.example.test", true),
             ("github.com", "github.com", true),
             ("github.com", "api.github.com", false),
             (
-                "~^aiplatform\\.googleapis\\.com$",
-                "AIPlatform.googleapis.com",
+                "~^aiplatform\\.cloudapis\\.test$",
+                "AIPlatform.cloudapis.test",
                 true,
             ),
             (
-                "~^aiplatform\\.googleapis\\.com$",
-                "xaiplatform.googleapis.com",
+                "~^aiplatform\\.cloudapis\\.test$",
+                "xaiplatform.cloudapis.test",
                 false,
             ),
             ("10.0.0.1", "10.0.0.1", true),

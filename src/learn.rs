@@ -237,7 +237,7 @@ mod tests {
             seen(
                 Some("a1"),
                 "10.200.0.2",
-                "api.openai.com",
+                "api.example.test",
                 "POST",
                 "/v1/chat/completions",
             ),

@@ -90,8 +90,8 @@ mod tests {
 
     #[test]
     fn hosts_format() {
-        let m = parse_hosts("# c\n127.0.0.1 API.openai.com a.test # x\n\n::1 a.test\n").unwrap();
-        let h = Host::parse("api.openai.com").unwrap();
+        let m = parse_hosts("# c\n127.0.0.1 API.example.test a.test # x\n\n::1 a.test\n").unwrap();
+        let h = Host::parse("api.example.test").unwrap();
         assert_eq!(m[&h], vec!["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(m[&Host::parse("a.test").unwrap()].len(), 2);
         assert_eq!(parse_hosts("x y").unwrap_err().0, 1);

@@ -21,16 +21,32 @@ use crate::body::{Body, BoxError};
 /// Shorter values are not scrubbed: masking them would corrupt ordinary data.
 const MIN_SCRUB_LEN: usize = 8;
 
-/// The byte strings to mask for one route (the raw secret, and derived encodings).
+/// The byte strings to mask for one route (the raw secret, and derived encodings), each
+/// with what replaces it: `*` of the same length, or a stand-in the agent knows.
 #[derive(Clone, Debug)]
-pub struct Needles(Arc<Vec<Finder<'static>>>);
+pub struct Needles(Arc<Vec<(Finder<'static>, Option<Bytes>)>>);
 
 impl Needles {
     pub fn new(values: impl IntoIterator<Item = Vec<u8>>) -> Needles {
-        let finders = values
+        Needles::with_stand_ins(values, Vec::new())
+    }
+
+    /// Like [`Needles::new`], plus secrets replaced by a stand-in rather than masked: the
+    /// agent compares an echo of such a value with its own placeholder copy (Codex checks
+    /// that the account list it is sent names its account id). A stand-in of another
+    /// length changes the body's length, so `Content-Length` is then dropped.
+    pub fn with_stand_ins(
+        masked: impl IntoIterator<Item = Vec<u8>>,
+        replaced: Vec<(Vec<u8>, &'static str)>,
+    ) -> Needles {
+        // Stand-ins first: once replaced, a masking needle for the same value finds nothing.
+        let replaced = replaced
             .into_iter()
-            .filter(|v| v.len() >= MIN_SCRUB_LEN)
-            .map(|v| Finder::new(&v).into_owned())
+            .map(|(v, s)| (v, Some(Bytes::from_static(s.as_bytes()))));
+        let finders = replaced
+            .chain(masked.into_iter().map(|v| (v, None)))
+            .filter(|(v, _)| v.len() >= MIN_SCRUB_LEN)
+            .map(|(v, s)| (Finder::new(&v).into_owned(), s))
             .collect();
         Needles(Arc::new(finders))
     }
@@ -39,16 +55,35 @@ impl Needles {
         self.0.is_empty()
     }
 
+    /// True when a replacement can change the length of what it scrubs.
+    fn changes_length(&self) -> bool {
+        self.0
+            .iter()
+            .any(|(f, s)| s.as_ref().is_some_and(|s| s.len() != f.needle().len()))
+    }
+
     /// Masks every occurrence in `data`; `None` when there is none (no copy made).
     fn mask(&self, data: &[u8]) -> Option<BytesMut> {
         let mut out: Option<BytesMut> = None;
-        for f in self.0.iter() {
+        for (f, stand_in) in self.0.iter() {
             let len = f.needle().len();
-            let hits: Vec<usize> = f.find_iter(out.as_deref().unwrap_or(data)).collect();
-            for pos in hits {
-                let buf = out.get_or_insert_with(|| BytesMut::from(data));
-                buf[pos..pos + len].fill(b'*');
+            let current = out.as_deref().unwrap_or(data);
+            let hits: Vec<usize> = f.find_iter(current).collect();
+            if hits.is_empty() {
+                continue;
             }
+            let mut next = BytesMut::with_capacity(current.len());
+            let mut at = 0;
+            for pos in hits {
+                next.extend_from_slice(&current[at..pos]);
+                match stand_in {
+                    Some(s) => next.extend_from_slice(s),
+                    None => next.resize(next.len() + len, b'*'),
+                }
+                at = pos + len;
+            }
+            next.extend_from_slice(&current[at..]);
+            out = Some(next);
         }
         out
     }
@@ -56,7 +91,7 @@ impl Needles {
     /// Length of the longest suffix of `data` that is a proper prefix of some needle.
     fn partial_suffix(&self, data: &[u8]) -> usize {
         let mut best = 0;
-        for f in self.0.iter() {
+        for (f, _) in self.0.iter() {
             let needle = f.needle();
             let longest = (needle.len() - 1).min(data.len());
             for k in (best + 1..=longest).rev() {
@@ -73,6 +108,9 @@ impl Needles {
     pub fn scrub_headers(&self, headers: &mut HeaderMap) {
         if self.is_empty() {
             return;
+        }
+        if self.changes_length() {
+            headers.remove(http::header::CONTENT_LENGTH);
         }
         for value in headers.values_mut() {
             if let Some(masked) = self.mask(value.as_bytes())
@@ -168,6 +206,10 @@ impl HttpBody for Scrubbed {
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.needles.changes_length() {
+            // A stand-in may grow or shrink the body: its length is no longer known.
+            return SizeHint::default();
+        }
         self.inner.size_hint()
     }
 }
@@ -235,6 +277,38 @@ mod tests {
         let out = run(&[b"tail sk-RE", b"ST of it"]).await;
         assert_eq!(out.concat(), b"tail sk-REST of it".to_vec());
         assert_eq!(out[0], b"tail ".to_vec());
+    }
+
+    #[tokio::test]
+    async fn a_stand_in_replaces_its_secret_and_drops_the_length() {
+        let needles = Needles::with_stand_ins(
+            [b"sk-REAL-secret-123".to_vec()],
+            vec![(b"acct-REAL-0123456789".to_vec(), "placeholder-acct")],
+        );
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("60"));
+        h.insert("x-echo", HeaderValue::from_static("acct-REAL-0123456789"));
+        needles.scrub_headers(&mut h);
+        assert_eq!(h["x-echo"], "placeholder-acct");
+        assert!(h.get(http::header::CONTENT_LENGTH).is_none(), "{h:?}");
+        let body = Body::new(Chunks(
+            [
+                &b"{\"id\":\"acct-REAL-01"[..],
+                b"23456789\",\"t\":\"sk-REAL-secret-123\"}",
+            ]
+            .iter()
+            .map(|c| Bytes::copy_from_slice(c))
+            .collect(),
+        ));
+        let scrubbed = needles.scrub_body(body);
+        assert!(scrubbed.size_hint().exact().is_none());
+        let out = scrubbed.collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8(out.to_vec()).unwrap(),
+            "{\"id\":\"placeholder-acct\",\"t\":\"******************\"}"
+        );
+        let same = Needles::new([b"sk-REAL-secret-123".to_vec()]);
+        assert!(!same.changes_length(), "masking keeps Content-Length");
     }
 
     #[test]

@@ -307,8 +307,8 @@ mod tests {
             ),
             (
                 "one host name",
-                single_record(&client_hello(&[sni(b"api.openai.com")])),
-                name("api.openai.com"),
+                single_record(&client_hello(&[sni(b"api.example.test")])),
+                name("api.example.test"),
             ),
             (
                 "name among other extensions",
@@ -434,10 +434,10 @@ mod tests {
             ),
             (
                 "NUL in name",
-                single_record(&client_hello(&[sni(b"api.openai.com\0.evil")])),
+                single_record(&client_hello(&[sni(b"api.example.test\0.evil")])),
                 Err(InvalidName::BadByte {
                     byte: 0,
-                    offset: 14,
+                    offset: 16,
                 }
                 .into()),
             ),

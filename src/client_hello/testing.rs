@@ -2,7 +2,8 @@
 //! fixtures in `tests/fixtures/client_hello/` (see the README there for how
 //! each was made).
 
-use super::parse::{HANDSHAKE_HEADER_LEN, RECORD_HEADER_LEN};
+// Through the parent's re-exports: tests/client_hello_fixtures.rs includes this file too.
+use super::{HANDSHAKE_HEADER_LEN, RECORD_HEADER_LEN};
 
 /// One TLS record of `kind` around `payload`, record version TLS 1.0 as real
 /// clients send in their first flight.
@@ -98,7 +99,7 @@ impl Rng {
     }
 }
 
-/// A captured ClientHello (its expected answers live in fixture_tests.rs).
+/// A captured ClientHello (its expected answers live in tests/client_hello_fixtures.rs).
 pub struct Fixture {
     pub file: &'static str,
     pub bytes: &'static [u8],

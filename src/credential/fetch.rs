@@ -31,6 +31,10 @@ pub struct Fetched {
     /// Further headers the flow needs beside the token (ChatGPT's account id). Secrets too:
     /// masked in responses like the token.
     pub extra: Vec<(HeaderName, Secret)>,
+    /// Secrets the agent holds a placeholder for (ChatGPT's account id): an echo in a
+    /// response is replaced by that placeholder instead of masked, because the agent
+    /// compares it with its own copy.
+    pub stand_ins: Vec<(Secret, &'static str)>,
 }
 
 impl Fetched {
@@ -40,6 +44,7 @@ impl Fetched {
             lifetime,
             margin: None,
             extra: Vec::new(),
+            stand_ins: Vec::new(),
         }
     }
 }

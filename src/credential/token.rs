@@ -293,11 +293,16 @@ fn accept(fetched: Fetched) -> Result<Accepted, String> {
         needles.push(value.expose().trim().as_bytes().to_vec());
         extra.push((name, v));
     }
+    let stand_ins = fetched
+        .stand_ins
+        .iter()
+        .map(|(secret, stand_in)| (secret.expose().trim().as_bytes().to_vec(), *stand_in))
+        .collect();
     let margin = fetched.margin.unwrap_or_else(|| margin(fetched.lifetime));
     Ok((
         Secret::new(token),
         extra,
-        Needles::new(needles),
+        Needles::with_stand_ins(needles, stand_ins),
         fetched.lifetime,
         margin,
     ))

@@ -294,13 +294,13 @@ reason = "pushing from the sandbox is not allowed"
 
 [[agent]]
 clients = ["10.200.0.2/32"]
-allowed_domains = [".openai.com", "api.github.com"]
-credentials = ["OPENAI_API_KEY", "GH_TOKEN"]
+allowed_domains = [".example.test", "api.github.com"]
+credentials = ["EXAMPLE_API_KEY", "GH_TOKEN"]
 rules = ["github-read-only", "github-no-writes"]
 "#;
 
     fn known(v: &str) -> bool {
-        ["OPENAI_API_KEY", "GH_TOKEN", "ANTHROPIC_API_KEY"].contains(&v)
+        ["EXAMPLE_API_KEY", "GH_TOKEN", "OTHER_API_KEY"].contains(&v)
     }
 
     #[test]
@@ -314,7 +314,7 @@ rules = ["github-read-only", "github-no-writes"]
         assert_eq!(a.rules.len(), 2);
         assert_eq!(
             a.credentials.as_deref(),
-            Some(&["OPENAI_API_KEY".to_string(), "GH_TOKEN".into()][..])
+            Some(&["EXAMPLE_API_KEY".to_string(), "GH_TOKEN".into()][..])
         );
         assert_eq!(a.domains.as_ref().map(Vec::len), Some(2));
         assert!(p.agent("10.200.0.2".parse().unwrap()).is_some());

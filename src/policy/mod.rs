@@ -474,7 +474,7 @@ mod tests {
             clients: Some(vec!["10.0.0.0/24".parse().unwrap()]),
             domains: Some(
                 [
-                    ".openai.com",
+                    ".example.test",
                     "github.com",
                     "~^[a-z]+\\.example\\.org$",
                     "1.2.3.4",
@@ -506,34 +506,37 @@ mod tests {
         use Entry::*;
         let p = policy();
         let table: Vec<(Facts, Result<(), DenyReason>)> = vec![
-            (facts("10.0.0.5", "api.openai.com", 443, Tls), Ok(())),
-            (facts("::ffff:10.0.0.5", "api.openai.com", 443, Tls), Ok(())),
+            (facts("10.0.0.5", "api.example.test", 443, Tls), Ok(())),
             (
-                facts("10.0.1.5", "api.openai.com", 443, Tls),
+                facts("::ffff:10.0.0.5", "api.example.test", 443, Tls),
+                Ok(()),
+            ),
+            (
+                facts("10.0.1.5", "api.example.test", 443, Tls),
                 Err(ClientNotAllowed(ip("10.0.1.5"))),
             ),
             (
-                facts("10.0.0.5", "evil-openai.com", 443, Tls),
-                Err(DomainNotAllowed(h("evil-openai.com"))),
+                facts("10.0.0.5", "evil-example.test", 443, Tls),
+                Err(DomainNotAllowed(h("evil-example.test"))),
             ),
-            (facts("10.0.0.5", "api.openai.com", 80, PlainHttp), Ok(())),
+            (facts("10.0.0.5", "api.example.test", 80, PlainHttp), Ok(())),
             (
-                facts("10.0.0.5", "api.openai.com", 80, Tls),
-                Err(PortNotAllowed(h("api.openai.com"), 80)),
+                facts("10.0.0.5", "api.example.test", 80, Tls),
+                Err(PortNotAllowed(h("api.example.test"), 80)),
             ),
             (
-                facts("10.0.0.5", "api.openai.com", 443, PlainHttp),
-                Err(PortNotAllowed(h("api.openai.com"), 443)),
+                facts("10.0.0.5", "api.example.test", 443, PlainHttp),
+                Err(PortNotAllowed(h("api.example.test"), 443)),
             ),
-            (facts("10.0.0.5", "api.openai.com", 4318, Tls), Ok(())),
+            (facts("10.0.0.5", "api.example.test", 4318, Tls), Ok(())),
             (facts("10.0.0.5", "github.com", 8443, Tls), Ok(())),
             (
                 facts("10.0.0.5", "api.github.com", 8443, Tls),
                 Err(DomainNotAllowed(h("api.github.com"))),
             ),
             (
-                facts("10.0.0.5", "api.openai.com", 8443, Tls),
-                Err(PortNotAllowed(h("api.openai.com"), 8443)),
+                facts("10.0.0.5", "api.example.test", 8443, Tls),
+                Err(PortNotAllowed(h("api.example.test"), 8443)),
             ),
             // An endpoint exception never bypasses ALLOWED_DOMAINS.
             (
@@ -646,11 +649,11 @@ mod tests {
     #[test]
     fn decide_composes_both() {
         let p = policy();
-        let f = facts("10.0.0.5", "api.openai.com", 443, Entry::Tls);
+        let f = facts("10.0.0.5", "api.example.test", 443, Entry::Tls);
         assert_eq!(
             decide(&p, &f, &[ip("8.8.8.8")], &|_| false),
             Verdict::Allow(Target {
-                host: h("api.openai.com"),
+                host: h("api.example.test"),
                 port: 443,
                 addrs: vec![ip("8.8.8.8")]
             })
@@ -685,7 +688,7 @@ reason = "pushing from the sandbox is not allowed"
 
 [[rule]]
 id = "uploads"
-hosts = [".openai.com"]
+hosts = [".example.test"]
 methods = ["POST"]
 paths = ["/v1/files/**", "/v1/fine_tuning/**"]
 action = "deny"
@@ -693,8 +696,8 @@ action = "deny"
 [[agent]]
 name = "reader"
 clients = ["10.200.0.2/32"]
-allowed_domains = [".openai.com", "api.github.com"]
-credentials = ["OPENAI_API_KEY"]
+allowed_domains = [".example.test", "api.github.com"]
+credentials = ["EXAMPLE_API_KEY"]
 rules = ["github-read-only", "github-no-writes"]
 
 [[agent]]
@@ -705,7 +708,7 @@ rules = ["github-read-only"]
 "#;
 
     fn rules_policy() -> Policy {
-        let requests = file::parse(RULES, &|v| v == "OPENAI_API_KEY").unwrap();
+        let requests = file::parse(RULES, &|v| v == "EXAMPLE_API_KEY").unwrap();
         Policy {
             domains: None,
             clients: None,
@@ -915,21 +918,21 @@ rules = ["github-read-only"]
             (
                 any,
                 "POST",
-                "api.openai.com",
+                "api.example.test",
                 "/v1/files/abc",
                 deny("uploads"),
             ),
             (
                 any,
                 "POST",
-                "api.openai.com",
+                "api.example.test",
                 "/v1/chat/completions",
                 Ok(Allowed::Default),
             ),
             (
                 any,
                 "POST",
-                "evil-openai.com",
+                "evil-example.test",
                 "/v1/files/abc",
                 Ok(Allowed::Default),
             ),
@@ -959,7 +962,7 @@ rules = ["github-read-only"]
             (
                 "10.200.0.2",
                 "POST",
-                "api.openai.com",
+                "api.example.test",
                 "/v1/files/x",
                 Ok(Allowed::Default),
             ),
@@ -983,7 +986,7 @@ rules = ["github-read-only"]
             (
                 "10.200.0.3",
                 "GET",
-                "api.openai.com",
+                "api.example.test",
                 "/v1/models",
                 Err(DenyReason::DefaultDeny {
                     agent: Some("locked".into()),
@@ -1042,11 +1045,11 @@ rules = ["github-read-only"]
         };
         let reader = ip("10.200.0.2");
         let other = ip("10.0.0.9");
-        assert!(domain_allowed(&p, reader, &h("api.openai.com")));
+        assert!(domain_allowed(&p, reader, &h("api.example.test")));
         assert!(!domain_allowed(&p, reader, &h("github.com")));
         assert!(domain_allowed(&p, other, &h("github.com")));
-        assert!(!domain_allowed(&p, other, &h("api.openai.com")));
-        assert!(credential_allowed(&p, reader, "OPENAI_API_KEY"));
+        assert!(!domain_allowed(&p, other, &h("api.example.test")));
+        assert!(credential_allowed(&p, reader, "EXAMPLE_API_KEY"));
         assert!(!credential_allowed(&p, reader, "GH_TOKEN"));
         assert!(credential_allowed(&p, other, "GH_TOKEN"));
         // An agent without `credentials` may use every route.

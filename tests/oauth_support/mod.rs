@@ -36,6 +36,10 @@ use crate::support::secrets::random_hex;
 /// Makes the access token of a rotation (1, 2, ...).
 pub type Mint = Box<dyn Fn(usize) -> String + Send + Sync>;
 
+/// Answers an authorised API request in place of the default `{"ok": true}` (e.g. a real
+/// API's response shape for a real agent); `None` keeps the default.
+pub type Answer = Box<dyn Fn(&ApiRequest) -> Option<Response<TestBody>> + Send + Sync>;
+
 /// One grant as the endpoint received it.
 #[derive(Clone, Debug)]
 pub struct Grant {
@@ -51,6 +55,8 @@ pub struct ApiRequest {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub answered: u16,
+    /// The request body as text (lossy), for tests that answer by what the client asked.
+    pub body: String,
 }
 
 impl ApiRequest {
@@ -76,6 +82,7 @@ struct State {
     grant_delay: Mutex<Duration>,
     /// Extra fields for every token answer (ChatGPT's id_token).
     extra: Mutex<serde_json::Map<String, serde_json::Value>>,
+    answer: Mutex<Option<Arc<Answer>>>,
 }
 
 pub struct FakeOAuth {
@@ -100,11 +107,25 @@ impl FakeOAuth {
         refresh: &str,
         mint: Mint,
     ) -> FakeOAuth {
+        let any_port = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+        Self::start_at(any_port, ca, names, token_path, refresh, mint).await
+    }
+
+    /// Like [`FakeOAuth::start`] on a given address, e.g. 127.0.0.1:443 inside a test's own
+    /// network namespace, where a real agent dials the real port.
+    pub async fn start_at(
+        bind: SocketAddr,
+        ca: &TestCa,
+        names: &[&str],
+        token_path: &str,
+        refresh: &str,
+        mint: Mint,
+    ) -> FakeOAuth {
         let mut sans = vec!["127.0.0.1"];
         sans.extend_from_slice(names);
         let leaf = ca.leaf(&sans);
         let tls = TlsAcceptor::from(pki::server_config(&leaf));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
+        let listener = TcpListener::bind(bind).await.expect("bind fake");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(State {
             token_path: token_path.to_string(),
@@ -118,6 +139,7 @@ impl FakeOAuth {
             reject_next: AtomicUsize::new(0),
             grant_delay: Mutex::new(Duration::ZERO),
             extra: Mutex::default(),
+            answer: Mutex::default(),
         });
         let task = tokio::spawn(accept_loop(listener, tls, state.clone()));
         FakeOAuth { addr, state, task }
@@ -173,6 +195,11 @@ impl FakeOAuth {
             .lock()
             .expect("lock")
             .insert(key.to_string(), value);
+    }
+
+    /// Authorised API requests are answered by `answer` (when it returns `Some`).
+    pub fn answer_with(&self, answer: Answer) {
+        *self.state.answer.lock().expect("lock") = Some(Arc::new(answer));
     }
 
     /// A proxy builder trusting the test CA for upstream TLS and (through `SSL_CERT_FILE`)
@@ -311,7 +338,7 @@ async fn handle(
     } else {
         StatusCode::UNAUTHORIZED
     };
-    state.api.lock().expect("lock").push(ApiRequest {
+    let mut request = ApiRequest {
         method: parts.method.to_string(),
         path: parts
             .uri
@@ -320,6 +347,16 @@ async fn handle(
             .unwrap_or_default(),
         headers,
         answered: status.as_u16(),
-    });
-    Ok(json(status, serde_json::json!({"ok": ok})))
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    let answer = state.answer.lock().expect("lock").clone();
+    let custom = match answer {
+        Some(answer) if ok => answer(&request),
+        _ => None,
+    };
+    if let Some(custom) = &custom {
+        request.answered = custom.status().as_u16();
+    }
+    state.api.lock().expect("lock").push(request);
+    Ok(custom.unwrap_or_else(|| json(status, serde_json::json!({"ok": ok}))))
 }

@@ -27,7 +27,7 @@ readonly STUB_CODEX_JSON='{
   "tokens": {
     "access_token": "paude-proxy-managed-access",
     "account_id": "paude-proxy-managed-account",
-    "id_token": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJjaGF0Z3B0X2FjY291bnRfaWQiOiJwYXVkZS1wcm94eS1tYW5hZ2VkLWFjY291bnQiLCJlbWFpbCI6InBhdWRlLXByb3h5LW1hbmFnZWRAcGF1ZGUtcHJveHkuaW52YWxpZCIsImV4cCI6NDEwMjQ0NDgwMCwiaHR0cHM6Ly9hcGkub3BlbmFpLmNvbS9hdXRoIjp7ImNoYXRncHRfYWNjb3VudF9pZCI6InBhdWRlLXByb3h5LW1hbmFnZWQtYWNjb3VudCIsImNoYXRncHRfcGxhbl90eXBlIjoicGx1cyJ9fQ.",
+    "id_token": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJjaGF0Z3B0X2FjY291bnRfaWQiOiJwYXVkZS1wcm94eS1tYW5hZ2VkLWFjY291bnQiLCJlbWFpbCI6InBhdWRlLXByb3h5LW1hbmFnZWRAcGF1ZGUtcHJveHkuaW52YWxpZCIsImV4cCI6NDEwMjQ0NDgwMCwiaHR0cHM6Ly9hcGkub3BlbmFpLmNvbS9hdXRoIjp7ImNoYXRncHRfYWNjb3VudF9pZCI6InBhdWRlLXByb3h5LW1hbmFnZWQtYWNjb3VudCIsImNoYXRncHRfcGxhbl90eXBlIjoicGx1cyJ9fQ.cGF1ZGUtcHJveHktbWFuYWdlZA",
     "refresh_token": "paude-proxy-managed-refresh"
   }
 }'

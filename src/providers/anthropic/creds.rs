@@ -163,6 +163,7 @@ impl Refresher {
             lifetime,
             margin: Some(REFRESH_BEFORE.min(lifetime / 2)),
             extra: Vec::new(),
+            stand_ins: Vec::new(),
         })
     }
 }
@@ -186,6 +187,7 @@ impl Fetch for Refresher {
                     lifetime: left,
                     margin: Some(REFRESH_BEFORE),
                     extra: Vec::new(),
+                    stand_ins: Vec::new(),
                 });
             }
             self.refresh(doc, oauth).await

@@ -15,6 +15,7 @@ use crate::credential::fetch::{
     Fetch, FetchError, FetchFuture, Fetched, HttpsClient, Why, https_client, read_token_response,
 };
 use crate::credential::file::{Read, read_private, write_private};
+use crate::providers::openai::vend::PLACEHOLDER_ACCOUNT;
 use crate::providers::openai::{ACCOUNT_HEADER, CLIENT_ID, jwt};
 use crate::secret::Secret;
 
@@ -199,6 +200,10 @@ fn fetched(access: Secret, account: Option<Secret>, lifetime: Duration) -> Fetch
         access_token: access,
         lifetime,
         margin: Some(REFRESH_BEFORE.min(lifetime / 2)),
+        stand_ins: account
+            .iter()
+            .map(|a| (a.clone(), PLACEHOLDER_ACCOUNT))
+            .collect(),
         extra: account
             .map(|a| (HeaderName::from_static(ACCOUNT_HEADER), a))
             .into_iter()
@@ -251,4 +256,30 @@ fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Codex (0.156+) looks its placeholder account id up in the account list chatgpt.com
+    /// returns: an echo of the real id must come back as that placeholder, not masked.
+    #[test]
+    fn the_account_id_echoes_as_the_agents_placeholder() {
+        let account = Secret::new("acct-REAL-4f1e2d3c".to_string());
+        let f = fetched(
+            Secret::new("at-REAL".to_string()),
+            Some(account.clone()),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(f.stand_ins, vec![(account.clone(), PLACEHOLDER_ACCOUNT)]);
+        assert_eq!(f.extra.len(), 1);
+        assert_eq!(f.extra[0].0.as_str(), ACCOUNT_HEADER.to_ascii_lowercase());
+        let none = fetched(
+            Secret::new("at-REAL".to_string()),
+            None,
+            Duration::from_secs(60),
+        );
+        assert!(none.stand_ins.is_empty() && none.extra.is_empty());
+    }
 }

@@ -34,11 +34,17 @@ pub fn account_id(id_token: &str) -> Option<String> {
     pick(&c).or_else(|| c.get(AUTH_CLAIM).and_then(|a| a.as_object()).and_then(pick))
 }
 
+/// The third part of [`unsigned`] tokens. The Codex CLI (0.171) refuses an `auth.json`
+/// whose id token has an empty signature part (RFC 7519's unsecured form), so the part
+/// holds this placeholder; nothing verifies it.
+const PLACEHOLDER_SIGNATURE: &[u8] = b"paude-proxy-managed";
+
 /// An unsigned JWT (`alg: none`) with `claims`: shaped like a token, worth nothing.
 pub fn unsigned(claims: &serde_json::Value) -> String {
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
-    format!("{header}.{payload}.")
+    let signature = URL_SAFE_NO_PAD.encode(PLACEHOLDER_SIGNATURE);
+    format!("{header}.{payload}.{signature}")
 }
 
 #[cfg(test)]
@@ -56,6 +62,11 @@ mod tests {
         let top = unsigned(&serde_json::json!({"chatgpt_account_id": "acct-top"}));
         assert_eq!(account_id(&top).as_deref(), Some("acct-top"));
         assert_eq!(exp(&top), None);
+        let parts: Vec<&str> = top.split('.').collect();
+        assert!(
+            parts.len() == 3 && parts.iter().all(|p| !p.is_empty()),
+            "Codex refuses an id token with an empty part: {top}"
+        );
         for bad in ["", "abc", "a.b", "a.!!!.c", "a.e30.c.d"] {
             assert!(exp(bad).is_none() && account_id(bad).is_none(), "{bad}");
         }

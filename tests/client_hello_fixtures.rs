@@ -1,9 +1,20 @@
 //! Tests over ClientHellos captured from real clients (curl, openssl
 //! s_client, python3 ssl, node tls), plus re-fragmented and mutated copies.
 //! `tests/fixtures/client_hello/README.md` says how each file was made.
+//!
+//! Through the library's public API. It lives here, not beside the parser, because the
+//! captured names are real provider hosts and the generic modules name no provider.
 
-use super::testing::{FIXTURES, Rng, fixture, refragment};
-use super::*;
+// The fixture table and builders the unit tests beside the parser use too (one copy).
+#[path = "../src/client_hello/testing.rs"]
+#[allow(dead_code)]
+mod testing;
+
+use paude_proxy::client_hello::{
+    HANDSHAKE_HEADER_LEN, InvalidName, MAX_CLIENT_HELLO_RECORDS, MAX_PLAINTEXT_RECORD_LEN,
+    ParseError, Parsed, RECORD_HEADER_LEN, Sni, SniName, looks_like_tls, parse_sni,
+};
+use testing::{FIXTURES, Rng, fixture, refragment};
 
 /// What a fixture must parse to, and at which prefix length that is decided.
 struct Expected {
