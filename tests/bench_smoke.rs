@@ -40,7 +40,14 @@ fn smoke(harness: &str, keep_alive_row: &str) {
     let out = tempfile::tempdir().expect("tempdir");
     let report = out.path().join("results.md");
     let mut child = Command::new(root.join("scripts/bench"))
-        .args(["--quick", "--peers", "paude-proxy", "--harness", harness, "--output"])
+        .args([
+            "--quick",
+            "--peers",
+            "paude-proxy",
+            "--harness",
+            harness,
+            "--output",
+        ])
         .arg(&report)
         .env("PAUDE_PROXY_BIN", env!("CARGO_BIN_EXE_paude-proxy"))
         .current_dir(root)
