@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 
 from . import procs
 from .measure import STEP_SLACK_SECONDS, StepFailed
@@ -24,6 +25,8 @@ BULK_MIN_BYTES_PER_SECOND = 2 * 1024 * 1024
 # hey gives up on one request after this long (its -t); a stuck peer then shows as errors.
 HEY_REQUEST_TIMEOUT_SECONDS = 20
 GIB = 1 << 30
+# How long nginx may take to write an upload's access line after curl has its answer.
+UPLOAD_LOG_WAIT_SECONDS = 5.0
 
 
 def _fill(template, values):
@@ -252,7 +255,12 @@ def _up(ctx, peer, p):
     origin = ctx.origin_for(peer)
     seen = len(origin.uploads())
     r = curl(ctx, peer, "/upload", ["-T", ctx.upload_src], _bulk_budget(p))
+    # nginx writes the access line after the answer has gone out: wait for it.
+    deadline = time.monotonic() + UPLOAD_LOG_WAIT_SECONDS
     got = origin.uploads()[seen:]
+    while not got and time.monotonic() < deadline:
+        time.sleep(procs.POLL_SECONDS)
+        got = origin.uploads()[seen:]
     # The byte counter: nginx's own $request_length (head + body) for this upload.
     if r["status"] != 200 or r["up"] != p.bulk or len(got) != 1 or got[0][0] != 200 \
             or got[0][1] < p.bulk:
