@@ -1,6 +1,8 @@
-//! Smoke test for `scripts/bench` (issue 7): `--quick --peers paude-proxy` must complete and
-//! produce a report with real figures for paude-proxy. Benchmarks never decide the suite's
-//! pass/fail, so this runs only when PAUDE_BENCH_SMOKE=1; otherwise it prints a skip line.
+//! Smoke test for `scripts/bench`: `--quick --peers paude-proxy` must complete and produce a
+//! report with real figures for paude-proxy, in the nginx + hey configuration (issue 14, the
+//! default) and in the native one (issue 7, `--harness native`). Benchmarks never decide the
+//! suite's pass/fail, so this runs only when PAUDE_BENCH_SMOKE=1; otherwise it prints a skip
+//! line.
 //!
 //! It measures this test build's `paude-proxy` (PAUDE_PROXY_BIN) rather than a release
 //! build: cargo keeps the target dir locked while tests run, and the point here is that
@@ -13,20 +15,39 @@ use std::time::{Duration, Instant};
 /// Whole budget: building the bench tools (cold cache on 2 cores) plus the quick run.
 const SMOKE_BUDGET: Duration = Duration::from_secs(900);
 const POLL: Duration = Duration::from_millis(200);
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
-fn bench_quick_paude_only_completes() {
+fn bench_quick_nginx_hey_completes() {
+    smoke("nginx-hey", "| Keep-alive req/s, HTTP/1.1, 32 conns");
+}
+
+#[test]
+fn bench_quick_native_completes() {
+    smoke("native", "| Keep-alive req/s, HTTP/1.1, 64 conns");
+}
+
+fn smoke(harness: &str, keep_alive_row: &str) {
     if std::env::var("PAUDE_BENCH_SMOKE").as_deref() != Ok("1") {
         println!(
-            "SKIP bench_smoke: set PAUDE_BENCH_SMOKE=1 to run scripts/bench --quick --peers paude-proxy"
+            "SKIP bench_smoke ({harness}): set PAUDE_BENCH_SMOKE=1 to run scripts/bench --quick --peers paude-proxy"
         );
         return;
     }
+    // Both configurations share bench/out: one at a time.
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().expect("tempdir");
     let report = out.path().join("results.md");
     let mut child = Command::new(root.join("scripts/bench"))
-        .args(["--quick", "--peers", "paude-proxy", "--output"])
+        .args([
+            "--quick",
+            "--peers",
+            "paude-proxy",
+            "--harness",
+            harness,
+            "--output",
+        ])
         .arg(&report)
         .env("PAUDE_PROXY_BIN", env!("CARGO_BIN_EXE_paude-proxy"))
         .current_dir(root)
@@ -83,7 +104,7 @@ fn bench_quick_paude_only_completes() {
         .expect("a paude-proxy column");
     let row = text
         .lines()
-        .find(|l| l.starts_with("| Keep-alive req/s, HTTP/1.1, 64 conns"))
+        .find(|l| l.starts_with(keep_alive_row))
         .expect("the keep-alive row");
     let cell = row
         .split('|')

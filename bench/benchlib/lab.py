@@ -70,6 +70,7 @@ class Lab:
         self.gw, self.agent, self.plain = f"{tag}-gw", f"{tag}-ag", f"{tag}-pl"
         self.proxy = None
         self.upstream = None
+        self.nginx = None
         self.made = []
 
     def netns(self, ns):
@@ -91,6 +92,13 @@ class Lab:
         self._make_agent()
 
     def _start_upstream(self):
+        if self.ctx.harness == "nginx-hey":
+            from .nginxhey import Nginx
+
+            self.nginx = Nginx(self.ctx, "lab-nginx", f"{self.UPSTREAM_IP}:443",
+                               wrap=self.netns(self.gw), bulk_bytes=self.ctx.bulk_bytes)
+            self.nginx.start(REAL_AUTH)
+            return
         pki = self.ctx.pki
         self.upstream = self.ctx.procs.start(
             "lab-upstream",
@@ -160,6 +168,8 @@ class Lab:
         for proc in (self.proxy, self.upstream):
             if proc is not None:
                 self.ctx.procs.stop(proc)
+        if self.nginx is not None:
+            self.nginx.stop()
         if self.agent in self.made:
             try:
                 self._paude_netns("destroy", self.agent)

@@ -16,6 +16,9 @@ STEP_SLACK_SECONDS = 60
 # Idle connections settle (allocator, timers) this long before RSS is read.
 IDLE_SETTLE_SECONDS = 1.0
 IDLE_BUDGET_SECONDS = 300
+# Slowest rate of opening idle connections (each a full TLS handshake through the proxy)
+# still waited for.
+IDLE_MIN_OPEN_PER_SECOND = 50
 # Slowest bulk rate still waited for; the client enforces the same floor.
 BULK_MIN_BYTES_PER_SECOND = 2 * 1024 * 1024
 
@@ -35,6 +38,17 @@ FULL = Profile(
     "full", runs=3, warmup=1.0, secs=4.0, ka_conns=64, ka_target_conns=32, h2_conns=8,
     h2_streams=8, nc_conns=32, lat_rate=100, lat_conns=16, lat_secs=6.0, sse_streams=4,
     sse_events=40, sse_ms=25, bulk=1 << 30, idle=1000,
+)
+
+
+# The nginx + hey configuration (issue 14): hey_conns is hey's -c for every request row
+# (h2: one connection carrying that many streams, how Go's transport multiplexes); the
+# idle connections open in two stages on one proxy.
+QUICK_NH = Profile(
+    "quick", runs=1, secs=2.0, hey_conns=32, bulk=256 << 20, idle_stages=[100, 1000],
+)
+FULL_NH = Profile(
+    "full", runs=3, secs=5.0, hey_conns=32, bulk=1 << 30, idle_stages=[1000, 10000],
 )
 
 
@@ -64,8 +78,9 @@ def run_load(ctx, peer, mode, extra, budget, on_ready=None):
                 cpu[line] = procs.cpu_seconds(peer.pids())
             elif line.startswith("READY"):
                 if on_ready is not None:
-                    on_ready(int(line.split()[1]))
-                proc.stdin.close()
+                    on_ready(int(line.split()[1]), proc)
+                else:
+                    proc.stdin.close()
             elif line.startswith("RESULT "):
                 result = json.loads(line[len("RESULT "):])
         proc.wait()
@@ -193,24 +208,33 @@ def run_step(ctx, step, peer, profile):
 
 
 def idle_memory(ctx, peer, profile):
-    """RSS growth of the proxy's process tree per idle intercepted connection."""
+    """RSS growth of the proxy's process tree per idle intercepted connection. With
+    `profile.idle_stages` (cumulative counts, e.g. 1000 and 10000) the connections open in
+    stages on one proxy, the earlier ones held open, and each stage is reported."""
+    stages = getattr(profile, "idle_stages", None) or [profile.idle]
     before = procs.rss_kib(peer.pids())
-    sample = {}
+    seen = []
 
-    def on_ready(n):
+    def on_ready(n, proc):
         time.sleep(IDLE_SETTLE_SECONDS)
-        sample["after"] = procs.rss_kib(peer.pids())
-        sample["open"] = n
+        seen.append((n, procs.rss_kib(peer.pids())))
+        if len(seen) < len(stages):
+            proc.stdin.write("next\n")
+            proc.stdin.flush()
+        else:
+            proc.stdin.close()
 
-    r = run_load(ctx, peer, "idle", ["--conns", str(profile.idle), "--hold-secs", "120"],
-                 IDLE_BUDGET_SECONDS, on_ready=on_ready)
-    if "after" not in sample or not sample["open"]:
-        raise StepFailed("idle: no connection stayed open")
-    if sample["open"] < profile.idle:
-        raise StepFailed(f"idle: only {sample['open']} of {profile.idle} connections opened")
-    return {
-        "rss_per_conn_kib": (sample["after"] - before) / sample["open"],
-        "rss_idle_mib": sample["after"] / 1024,
-        "rss_base_mib": before / 1024,
-        "idle_errors": r.get("errors", 0),
-    }
+    budget = IDLE_BUDGET_SECONDS * len(stages) + stages[-1] / IDLE_MIN_OPEN_PER_SECOND
+    r = run_load(ctx, peer, "idle",
+                 ["--conns", ",".join(str(n) for n in stages), "--hold-secs", "300"],
+                 budget, on_ready=on_ready)
+    if len(seen) != len(stages):
+        raise StepFailed(f"idle: {len(seen)} of {len(stages)} stages reported")
+    out = {"rss_base_mib": before / 1024, "idle_errors": r.get("errors", 0)}
+    for stage, (n, after) in zip(stages, seen):
+        if n < stage:
+            raise StepFailed(f"idle: only {n} of {stage} connections opened")
+        suffix = "" if len(stages) == 1 else f"_{stage}"
+        out["rss_per_conn_kib" + suffix] = (after - before) / n
+        out["rss_idle_mib" + suffix] = after / 1024
+    return out

@@ -15,6 +15,9 @@ from . import procs
 HOST = "bench.test"
 REAL_AUTH = "Bearer sk-bench-real-credential-5a7c"
 DUMMY_AUTH = "Bearer paude-proxy-managed"
+# PAUDE_PROXY_MAX_CONNECTIONS for the paude peers: above the 10,000 idle connections of
+# the idle row (the default, 10,000, would refuse the last few).
+MAX_CONNECTIONS = 20_000
 
 
 class Ctx:
@@ -30,6 +33,14 @@ class Ctx:
         self.procs = procs_
         self.upstream_port = None
         self.lab = None
+        # "native" (bench-load + bench-upstream) or "nginx-hey".
+        self.harness = "native"
+        self.nginx = None  # the loopback nginx origin (nginx-hey)
+        self.upload_src = None  # the file curl uploads (nginx-hey)
+        self.bulk_bytes = None
+
+    def origin_for(self, peer):
+        return self.lab.nginx if peer.netns else self.nginx
 
     def path(self, *parts):
         return os.path.join(self.run, *parts)
@@ -65,6 +76,12 @@ class Peer:
     def pids(self):
         return procs.tree(self.proc.pid) if self.proc else []
 
+    def endpoint(self):
+        """Where hey and curl go (the nginx-hey harness): the URL authority, the address
+        it is reached at without a proxy, the explicit proxy (or None), the CA the client
+        trusts and the Authorization value it sends."""
+        raise NotImplementedError
+
     def version(self):
         return ""
 
@@ -81,6 +98,20 @@ class Direct(Peer):
             "--ca", os.path.join(self.ctx.pki, "upstream-ca.crt"),
             "--auth", REAL_AUTH,
         ]
+
+    def endpoint(self):
+        return _endpoint(f"{HOST}:{self.ctx.upstream_port}", "127.0.0.1", None,
+                         os.path.join(self.ctx.pki, "upstream-ca.crt"), REAL_AUTH)
+
+
+def _endpoint(authority, connect_ip, proxy, ca, auth):
+    return {"url_authority": authority, "host": HOST, "connect_ip": connect_ip,
+            "proxy": proxy, "ca": ca, "auth": auth}
+
+
+def _explicit_endpoint(ctx, proxy_port):
+    return _endpoint(f"{HOST}:{ctx.upstream_port}", None, f"127.0.0.1:{proxy_port}",
+                     os.path.join(ctx.pki, "proxy-ca.crt"), DUMMY_AUTH)
 
 
 def _explicit_args(ctx, proxy_port):
@@ -117,6 +148,8 @@ def paude_env(ctx, workdir, hosts_line, allowed_nets, extra):
         "PAUDE_PROXY_CREDENTIALS_CONFIG": os.path.join(workdir, "credentials.json"),
         "ALLOWED_DOMAINS": HOST,
         "BLOCKED_LOG_PATH": os.path.join(workdir, "blocked.log"),
+        # The idle row holds 10,000 intercepted connections (plus the bench's own).
+        "PAUDE_PROXY_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
     }
     env.update(extra)
     return env
@@ -150,6 +183,9 @@ class Paude(Peer):
 
     def client_args(self):
         return _explicit_args(self.ctx, self.port)
+
+    def endpoint(self):
+        return _explicit_endpoint(self.ctx, self.port)
 
     def version(self):
         out = subprocess.run(
@@ -201,6 +237,9 @@ class Squid(Peer):
     def client_args(self):
         return _explicit_args(self.ctx, self.port)
 
+    def endpoint(self):
+        return _explicit_endpoint(self.ctx, self.port)
+
     def version(self):
         out = subprocess.run(["squid", "-v"], capture_output=True, text=True, timeout=30)
         first = out.stdout.splitlines()[0] if out.stdout else "squid ?"
@@ -250,6 +289,9 @@ class Mitmproxy(Peer):
     def client_args(self):
         return _explicit_args(self.ctx, self.port)
 
+    def endpoint(self):
+        return _explicit_endpoint(self.ctx, self.port)
+
     def version(self):
         out = subprocess.run(
             [os.path.join(self.ctx.venv, "bin", "mitmdump"), "--version"],
@@ -278,6 +320,10 @@ class DirectNetns(Peer):
             "--auth", REAL_AUTH,
         ]
 
+    def endpoint(self):
+        return _endpoint(f"{HOST}:443", self.ctx.lab.UPSTREAM_IP, None,
+                         os.path.join(self.ctx.pki, "upstream-ca.crt"), REAL_AUTH)
+
 
 class PaudeTransparent(Peer):
     """paude-proxy's transparent listener, reached from an agent namespace made by
@@ -300,6 +346,10 @@ class PaudeTransparent(Peer):
             "--ca", os.path.join(self.ctx.pki, "proxy-ca.crt"),
             "--auth", DUMMY_AUTH,
         ]
+
+    def endpoint(self):
+        return _endpoint(f"{HOST}:443", self.ctx.lab.UPSTREAM_IP, None,
+                         os.path.join(self.ctx.pki, "proxy-ca.crt"), DUMMY_AUTH)
 
 
 ALL = {
