@@ -119,7 +119,7 @@ async def client_main(args, proxy_ca, up_port, proxy_pid):
                                    for _ in range(args.conns)))
     conns = [c for c in conns if c is not None]
     opened = time.monotonic() - t0
-    await asyncio.sleep(SETTLE_SECONDS)
+    await asyncio.sleep(args.settle)
     after = rss_kib(proxy_pid)
     per = (after - before) / max(len(conns), 1)
     print(f"open={len(conns)} errors={len(errors)} open_secs={opened:.1f} "
@@ -177,11 +177,14 @@ def main():
     ap.add_argument("--proxy-bin", required=True)
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=OPEN_CONCURRENCY)
+    ap.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                    help="seconds between the last connection opening and reading RSS")
     ap.add_argument("--hold", type=float, default=0, help="seconds to stay open after measuring")
     ap.add_argument("--heaptrack", action="store_true",
                     help="run the proxy under heaptrack (idle-mem.heaptrack.zst here; what the "
                     "idle connections hold is reported as leaked)")
     ap.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the proxy")
+    ap.add_argument("--log", help="copy the proxy's log here at the end")
     ap.add_argument("--transparent", help=argparse.SUPPRESS)
     args = ap.parse_args()
     raise_nofile()
@@ -244,6 +247,8 @@ def main():
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if args.log and os.path.exists(os.path.join(d, "proxy.log")):
+            shutil.copy(os.path.join(d, "proxy.log"), args.log)
         shutil.rmtree(d, ignore_errors=True)
 
 

@@ -189,17 +189,18 @@ async fn serve_http<IO, S>(
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
 {
-    let io = TokioIo::new(io);
     match alpn {
         Alpn::H1 => {
-            let served = h1_builder().serve_connection(io, service).with_upgrades();
-            ended(host, Box::pin(conns::serve(served, conn, idle)).await);
+            // Parks while idle, so an idle HTTP/1.1 connection holds none of hyper's buffers.
+            let served = crate::park::serve_h1(io, service, h1_builder(), conn, idle);
+            ended(host, Box::pin(served).await);
         }
         Alpn::H2 => {
-            let served = h2_builder().serve_connection(io, service);
+            let served = h2_builder().serve_connection(TokioIo::new(io), service);
             ended(host, Box::pin(conns::serve(served, conn, idle)).await);
         }
         Alpn::Unsaid => {
@@ -216,7 +217,7 @@ async fn serve_http<IO, S>(
                 .max_concurrent_streams(MAX_H2_STREAMS)
                 .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
                 .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
-            let served = builder.serve_connection_with_upgrades(io, service);
+            let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             ended(host, Box::pin(conns::serve(served, conn, idle)).await);
         }
     }
