@@ -126,7 +126,9 @@ where
     serve_http(alpn(&tls), tls, service, &host, &conn, idle).await;
 }
 
-async fn accept<IO>(app: &App, io: IO, host: &Host) -> Option<TlsStream<IO>>
+/// The stream comes boxed: it is over a kilobyte (rustls' connection state), and every
+/// future it is moved through would otherwise keep room for it for the connection's life.
+async fn accept<IO>(app: &App, io: IO, host: &Host) -> Option<Box<TlsStream<IO>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -138,7 +140,7 @@ where
         }
     };
     match tokio::time::timeout(CLIENT_TLS_TIMEOUT, TlsAcceptor::from(config).accept(io)).await {
-        Ok(Ok(tls)) => Some(tls),
+        Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(e)) => {
             tracing::info!(
                 %host,
@@ -203,24 +205,37 @@ async fn serve_http<IO, S>(
             let served = h2_builder().serve_connection(TokioIo::new(io), service);
             ended(host, Box::pin(conns::serve(served, conn, idle)).await);
         }
-        Alpn::Unsaid => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(TUNNEL_HEAD_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(MAX_HEAD_BYTES as u32)
-                .max_concurrent_streams(MAX_H2_STREAMS)
-                .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
-                .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
-            let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            ended(host, Box::pin(conns::serve(served, conn, idle)).await);
-        }
+        // Its own function, boxed: the auto builder it borrows from stays out of the
+        // connection's task for the common cases above.
+        Alpn::Unsaid => Box::pin(serve_auto(io, service, host, conn, idle)).await,
     }
+}
+
+/// No ALPN: hyper-util's auto connection tells h2 prior knowledge from HTTP/1.1.
+async fn serve_auto<IO, S>(io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(TUNNEL_HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    ended(host, Box::pin(conns::serve(served, conn, idle)).await);
 }
 
 fn ended<E: std::fmt::Display>(host: &Host, served: Result<(), E>) {

@@ -45,8 +45,9 @@ struct Flags {
 
 /// The stream under hyper: passes everything through, except a shutdown while parking.
 pub struct Parkable<IO> {
-    /// Boxed: the TLS stream is over a kilobyte, moved in and out of hyper at each park.
-    inner: Box<IO>,
+    /// Small: the TLS stream under it comes boxed (see `intercept::accept`), since it is
+    /// moved in and out of hyper at each park.
+    inner: IO,
     flags: Arc<Flags>,
 }
 
@@ -126,13 +127,7 @@ where
     S::Future: Send + 'static,
 {
     let flags = Arc::new(Flags::default());
-    let mut io = Replay::new(
-        Vec::new(),
-        Parkable {
-            inner: Box::new(io),
-            flags,
-        },
-    );
+    let mut io = Replay::new(Vec::new(), Parkable { inner: io, flags });
     loop {
         let flags = io.get_ref().flags.clone();
         flags.parking.store(false, Ordering::Release);
