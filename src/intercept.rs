@@ -248,7 +248,10 @@ fn h1_builder() -> http1::Builder {
     let mut b = http1::Builder::new();
     b.timer(TokioTimer::new())
         .header_read_timeout(TUNNEL_HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
+        .max_buf_size(MAX_HEAD_BYTES)
+        // Checked on the parsed head: the buffer limit above is only checked between reads,
+        // so one read could carry a head past it.
+        .max_header_size(MAX_HEAD_BYTES);
     b
 }
 

@@ -41,6 +41,10 @@ struct Flags {
     parking: AtomicBool,
     /// hyper wrote while being wound down: it was not idle, and has said it will close.
     wrote: AtomicBool,
+    /// Bytes came in since hyper last wrote: maybe part of a request head. Such a
+    /// connection is not parked: the head stays with the hyper connection that enforces
+    /// its size limit and timeout on it.
+    unanswered: AtomicBool,
 }
 
 /// The stream under hyper: passes everything through, except a shutdown while parking.
@@ -57,13 +61,23 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Parkable<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.flags.unanswered.store(true, Ordering::Release);
+        }
+        read
     }
 }
 
 impl<IO: AsyncWrite + Unpin> Parkable<IO> {
     fn note_write(&self, n: &Poll<io::Result<usize>>) {
-        if matches!(n, Poll::Ready(Ok(n)) if *n > 0) && self.flags.parking.load(Ordering::Acquire) {
+        if !matches!(n, Poll::Ready(Ok(n)) if *n > 0) {
+            return;
+        }
+        self.flags.unanswered.store(false, Ordering::Release);
+        if self.flags.parking.load(Ordering::Acquire) {
             self.flags.wrote.store(true, Ordering::Release);
         }
     }
@@ -138,12 +152,21 @@ where
                 .serve_connection(TokioIo::new(io), service.clone())
                 .with_upgrades(),
         );
-        let park = tokio::select! {
-            biased;
-            done = Pin::new(&mut *served) => return done.map_err(Into::into),
-            () = conn.closing() => false,
-            () = conn.idle_for(idle) => false,
-            () = conn.idle_for(PARK_AFTER) => true,
+        let closing = conn.closing();
+        let idle_limit = conn.idle_for(idle);
+        tokio::pin!(closing, idle_limit);
+        let park = loop {
+            tokio::select! {
+                biased;
+                done = Pin::new(&mut *served) => return done.map_err(Into::into),
+                () = &mut closing => break false,
+                () = &mut idle_limit => break false,
+                () = conn.idle_for(PARK_AFTER) => {
+                    if !flags.unanswered.load(Ordering::Acquire) {
+                        break true;
+                    }
+                }
+            }
         };
         if park {
             tracing::debug!("idle connection parked");

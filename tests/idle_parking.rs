@@ -87,3 +87,30 @@ async fn a_parked_connection_still_closes_at_the_idle_limit() {
     );
     proxy.assert_no_secret_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_pauses_past_the_park_delay_still_meets_the_size_limit() {
+    let (_ca, upstream, builder) = tls_lab().await;
+    let mut proxy = builder.spawn();
+    let port = upstream.port();
+    let mut tls = open_tls(&proxy, HOST, port).await;
+    // 40 KiB of head, a pause past the park delay, 40 KiB more (80 KiB, still unfinished:
+    // over the 64 KiB limit whatever the read sizes), a pause, then its end. A connection
+    // parked mid-head would start counting again and let it through.
+    let head = format!(
+        "GET /echo HTTP/1.1\r\nHost: {HOST}:{port}\r\nX-A: {}\r\n",
+        "a".repeat(40 * 1024)
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(PAST_PARK).await;
+    let more = format!("X-B: {}", "b".repeat(40 * 1024));
+    let _ = tls.write_all(more.as_bytes()).await;
+    let _ = tls.flush().await;
+    tokio::time::sleep(PAST_PARK).await;
+    let _ = tls.write_all(b"\r\nConnection: close\r\n\r\n").await;
+    let r = read_response(&mut tls, false).await;
+    assert_eq!(r.status, 431, "{}", r.head);
+    upstream.assert_untouched();
+    proxy.assert_no_secret_leaks();
+}
