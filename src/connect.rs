@@ -46,7 +46,8 @@ pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, co
         async move {
             let busy = conn.busy();
             let resp = match framing.next_request() {
-                Ok(()) => proxy_request(app, client, req, &conn).await,
+                // Boxed: hyper keeps a slot this future's size for the connection's life.
+                Ok(()) => Box::pin(proxy_request(app, client, req, &conn)).await,
                 Err(e) => e.into_response(),
             };
             Ok::<_, Infallible>(conn.hold_until_sent(resp, busy))

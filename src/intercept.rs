@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -69,13 +70,16 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let host = tunnel.target.host.clone();
-    let Some(tls) = accept(&app, io, &host).await else {
+    // Boxed, as the serving below: the handshake's state is freed once it is done instead
+    // of staying part of the connection's task for its whole life.
+    let Some(tls) = Box::pin(accept(&app, io, &host)).await else {
         return;
     };
     let conn = tunnel.conn.clone();
     let idle = app.limits.client_idle;
     let tunnel = Arc::new(tunnel);
     let framing = Arc::new(FramingCheck::default());
+    let alpn = alpn(&tls);
     let io = Watched::new(tls, framing.clone());
     let service = service_fn(move |req: Request<Incoming>| {
         let app = app.clone();
@@ -88,11 +92,14 @@ where
             {
                 return Ok::<_, Infallible>(tunnel.conn.hold_until_sent(e.into_response(), busy));
             }
-            let resp = crate::handle::tunnel_request(&app, &tunnel, req).await;
+            // Boxed: hyper keeps a slot the size of this future for the connection's whole
+            // life, idle or not; a pointer there instead of the request's large state machine
+            // keeps an idle connection small.
+            let resp = Box::pin(crate::handle::tunnel_request(&app, &tunnel, req)).await;
             Ok(tunnel.conn.hold_until_sent(resp, busy))
         }
     });
-    serve_http(io, service, &host, &conn, idle).await;
+    serve_http(alpn, io, service, &host, &conn, idle).await;
 }
 
 /// Completes the client's handshake only to answer every request with `err` (a 403 with
@@ -102,7 +109,7 @@ pub async fn serve_denied<IO>(app: Arc<App>, io: IO, host: Host, err: ProxyError
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Some(tls) = accept(&app, io, &host).await else {
+    let Some(tls) = Box::pin(accept(&app, io, &host)).await else {
         return;
     };
     let (status, text, kind) = (err.status(), format!("paude-proxy: {err}\n"), err.kind());
@@ -116,10 +123,12 @@ where
         async move { Ok::<_, Infallible>(resp) }
     });
     let idle = app.limits.client_idle;
-    serve_http(tls, service, &host, &conn, idle).await;
+    serve_http(alpn(&tls), tls, service, &host, &conn, idle).await;
 }
 
-async fn accept<IO>(app: &App, io: IO, host: &Host) -> Option<TlsStream<IO>>
+/// The stream comes boxed: it is over a kilobyte (rustls' connection state), and every
+/// future it is moved through would otherwise keep room for it for the connection's life.
+async fn accept<IO>(app: &App, io: IO, host: &Host) -> Option<Box<TlsStream<IO>>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -131,7 +140,7 @@ where
         }
     };
     match tokio::time::timeout(CLIENT_TLS_TIMEOUT, TlsAcceptor::from(config).accept(io)).await {
-        Ok(Ok(tls)) => Some(tls),
+        Ok(Ok(tls)) => Some(Box::new(tls)),
         Ok(Err(e)) => {
             tracing::info!(
                 %host,
@@ -147,9 +156,63 @@ where
     }
 }
 
+/// What the client asked for in its handshake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Alpn {
+    H1,
+    H2,
+    /// No ALPN: h2 with prior knowledge or HTTP/1.1, told apart by the first bytes.
+    Unsaid,
+}
+
+fn alpn<IO>(tls: &TlsStream<IO>) -> Alpn {
+    match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Alpn::H2,
+        Some(_) => Alpn::H1,
+        None => Alpn::Unsaid,
+    }
+}
+
 /// h2 or HTTP/1.1, whichever the client speaks (ALPN or prior knowledge), until the client
 /// leaves, the connection idles out, or it is asked to close.
-async fn serve_http<IO, S>(io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
+///
+/// Each protocol is served by its own boxed future, sized for that protocol only: an idle
+/// HTTP/1.1 connection does not carry room for h2's state (or the reverse), and the
+/// connection's task stays small.
+async fn serve_http<IO, S>(
+    alpn: Alpn,
+    io: IO,
+    service: S,
+    host: &Host,
+    conn: &ConnHandle,
+    idle: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match alpn {
+        Alpn::H1 => {
+            // Parks while idle, so an idle HTTP/1.1 connection holds none of hyper's buffers.
+            let served = crate::park::serve_h1(io, service, h1_builder(), conn, idle);
+            ended(host, Box::pin(served).await);
+        }
+        Alpn::H2 => {
+            let served = h2_builder().serve_connection(TokioIo::new(io), service);
+            ended(host, Box::pin(conns::serve(served, conn, idle)).await);
+        }
+        // Its own function, boxed: the auto builder it borrows from stays out of the
+        // connection's task for the common cases above.
+        Alpn::Unsaid => Box::pin(serve_auto(io, service, host, conn, idle)).await,
+    }
+}
+
+/// No ALPN: hyper-util's auto connection tells h2 prior knowledge from HTTP/1.1.
+async fn serve_auto<IO, S>(io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
@@ -169,11 +232,36 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32)
         .max_concurrent_streams(MAX_H2_STREAMS)
-        // Larger windows for h2 uploads, as upstream.
         .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
         .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
     let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = conns::serve(served, conn, idle).await {
+    ended(host, Box::pin(conns::serve(served, conn, idle)).await);
+}
+
+fn ended<E: std::fmt::Display>(host: &Host, served: Result<(), E>) {
+    if let Err(e) = served {
         tracing::debug!(%host, "tunnel connection ended: {e}");
     }
+}
+
+fn h1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(TUNNEL_HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        // Checked on the parsed head: the buffer limit above is only checked between reads,
+        // so one read could carry a head past it.
+        .max_header_size(MAX_HEAD_BYTES);
+    b
+}
+
+fn h2_builder() -> http2::Builder<TokioExecutor> {
+    let mut b = http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        // Larger windows for h2 uploads, as upstream.
+        .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
+    b
 }

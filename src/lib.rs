@@ -36,6 +36,7 @@ pub mod headers;
 pub mod inject;
 pub mod intercept;
 pub mod learn;
+pub mod park;
 pub mod providers;
 pub mod reload;
 pub mod scrub;
