@@ -154,17 +154,28 @@ where
         );
         let closing = conn.closing();
         let idle_limit = conn.idle_for(idle);
-        tokio::pin!(closing, idle_limit);
+        // A connection holding part of a head stays idle by the count of requests, so
+        // the check is re-armed a full PARK_AFTER later (not at once, which would spin).
+        let park_check = |delay: Duration| {
+            let idle = conn.idle_for(PARK_AFTER);
+            async move {
+                tokio::time::sleep(delay).await;
+                idle.await
+            }
+        };
+        let check = park_check(Duration::ZERO);
+        tokio::pin!(closing, idle_limit, check);
         let park = loop {
             tokio::select! {
                 biased;
                 done = Pin::new(&mut *served) => return done.map_err(Into::into),
                 () = &mut closing => break false,
                 () = &mut idle_limit => break false,
-                () = conn.idle_for(PARK_AFTER) => {
+                () = &mut check => {
                     if !flags.unanswered.load(Ordering::Acquire) {
                         break true;
                     }
+                    check.set(park_check(PARK_AFTER));
                 }
             }
         };
