@@ -29,6 +29,8 @@ pub async fn serve_admin(app: Arc<App>, stream: TcpStream, _peer: SocketAddr) {
         .timer(TokioTimer::new())
         .header_read_timeout(ADMIN_HEAD_TIMEOUT)
         .max_buf_size(ADMIN_MAX_HEAD)
+        // Checked on the parsed head, not only between reads (see connect.rs).
+        .max_header_size(ADMIN_MAX_HEAD)
         .serve_connection(TokioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!("admin connection ended: {e}");

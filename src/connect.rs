@@ -57,6 +57,9 @@ pub async fn serve_client(app: Arc<App>, stream: TcpStream, peer: SocketAddr, co
         .timer(TokioTimer::new())
         .header_read_timeout(REQUEST_HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
+        // The buffer cap is checked only between reads: a head that arrives whole in one
+        // read would pass it. This one is checked on the parsed head.
+        .max_header_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conns::serve(served, &handle, idle).await {

@@ -242,6 +242,8 @@ async fn plain_http(
         .timer(TokioTimer::new())
         .header_read_timeout(HTTP_HEAD_TIMEOUT)
         .max_buf_size(MAX_HEAD_BYTES)
+        // Checked on the parsed head, not only between reads (see connect.rs).
+        .max_header_size(MAX_HEAD_BYTES)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conns::serve(served, &handle, idle).await {

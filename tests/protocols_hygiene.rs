@@ -375,3 +375,36 @@ async fn a_large_header_below_the_limit_is_forwarded_intact_on_http1_and_h2() {
         assert_eq!(got.header_values("x-big"), vec![big.clone()]);
     }
 }
+
+/// The explicit listener's own HTTP/1.1 parser has the same limit, even when the whole
+/// oversized head arrives in one write (hyper's buffer cap alone is checked only between
+/// reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_section_gets_431_at_the_explicit_listener_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_ca, upstream, proxy) = h1_lab().await;
+    let port = upstream.port();
+    let big = "a".repeat(OVER_LIMIT);
+    let request = format!(
+        "GET http://{HOST}:{port}/echo HTTP/1.1\r\nHost: {HOST}:{port}\r\nX-Big: {big}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr())
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the proxy answers");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        answer.lines().next().unwrap_or("")
+    );
+    upstream.assert_untouched();
+}
