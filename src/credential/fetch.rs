@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, Request};
+use http::{HeaderName, Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -125,6 +125,23 @@ pub fn https_client() -> Result<HttpsClient, String> {
 #[derive(Deserialize)]
 struct ErrorResponse {
     error: Option<serde_json::Value>,
+}
+
+/// POSTs an OAuth form (`application/x-www-form-urlencoded`, asking for JSON) to `uri` and
+/// returns the body of a `2xx` answer, as [`read_token_response`].
+pub async fn post_token_form(
+    client: &HttpsClient,
+    uri: Uri,
+    form: String,
+) -> Result<Bytes, FetchError> {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::from(form)))
+        .map_err(|e| format!("cannot build the token request: {e}"))?;
+    read_token_response(client, req).await
 }
 
 /// Sends one token request and returns the body of a `2xx` answer. Redirects are not

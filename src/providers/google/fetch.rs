@@ -8,14 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use gcp_auth::TokenProvider;
-use http::{Method, Request, Uri, header};
-use http_body_util::Full;
+use http::Uri;
 use serde::Deserialize;
 
 use crate::credential::fetch::{
-    Fetch, FetchFuture, Fetched, HttpsClient, Why, https_client, read_token_response,
+    Fetch, FetchFuture, Fetched, HttpsClient, Why, https_client, post_token_form,
 };
 use crate::error::chain;
 use crate::providers::google::CLOUD_PLATFORM_SCOPE;
@@ -113,14 +111,7 @@ impl Fetch for AuthorizedUser {
                 .append_pair("client_secret", self.client_secret.expose())
                 .append_pair("refresh_token", self.refresh_token.expose())
                 .finish();
-            let req = Request::builder()
-                .method(Method::POST)
-                .uri(self.token_uri.clone())
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .header(header::ACCEPT, "application/json")
-                .body(Full::new(Bytes::from(form)))
-                .map_err(|e| format!("cannot build the token request: {e}"))?;
-            let body = read_token_response(&self.client, req).await?;
+            let body = post_token_form(&self.client, self.token_uri.clone(), form).await?;
             let parsed: TokenResponse = serde_json::from_slice(&body)
                 .map_err(|_| "token endpoint answer is not a token JSON object".to_string())?;
             Ok(Fetched::token(

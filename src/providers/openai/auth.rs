@@ -6,13 +6,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use http::{HeaderName, Method, Request, Uri, header};
-use http_body_util::Full;
+use http::{HeaderName, Uri};
 use serde::Deserialize;
 
 use crate::credential::fetch::{
-    Fetch, FetchError, FetchFuture, Fetched, HttpsClient, Why, https_client, read_token_response,
+    Fetch, FetchError, FetchFuture, Fetched, HttpsClient, Why, https_client, post_token_form,
 };
 use crate::credential::file::{Read, read_private, write_private};
 use crate::providers::openai::vend::PLACEHOLDER_ACCOUNT;
@@ -167,14 +165,7 @@ impl Refresher {
             .append_pair("refresh_token", tokens.refresh_token.expose())
             .append_pair("client_id", CLIENT_ID)
             .finish();
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(self.token_uri.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(header::ACCEPT, "application/json")
-            .body(Full::new(Bytes::from(form)))
-            .map_err(|e| format!("cannot build the token request: {e}"))?;
-        let body = read_token_response(&self.client, req).await?;
+        let body = post_token_form(&self.client, self.token_uri.clone(), form).await?;
         let answer: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|_| "token endpoint answer is not a token JSON object".to_string())?;
         // Persist before use: the old refresh token is spent.
