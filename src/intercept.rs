@@ -95,7 +95,12 @@ where
             // Boxed: hyper keeps a slot the size of this future for the connection's whole
             // life, idle or not; a pointer there instead of the request's large state machine
             // keeps an idle connection small.
-            let resp = Box::pin(crate::handle::tunnel_request(&app, &tunnel, req)).await;
+            let h2 = req.version() == Version::HTTP_2;
+            let mut resp = Box::pin(crate::handle::tunnel_request(&app, &tunnel, req)).await;
+            if h2 {
+                // HTTP/1.1 batches ready chunks itself; h2 sends each frame on its own.
+                resp = resp.map(crate::coalesce::coalesce);
+            }
             Ok(tunnel.conn.hold_until_sent(resp, busy))
         }
     });

@@ -52,6 +52,7 @@ pub mod audit_log;
 // Subcommands that print and exit (routes, ca, healthcheck).
 pub mod body;
 pub mod cli;
+pub mod coalesce;
 pub mod error;
 pub mod log_writer;
 pub mod metrics;

@@ -213,7 +213,7 @@ impl Upstream {
             }
             Sender::H2(s) => {
                 form::to_h2(&mut req, target, key.scheme);
-                let fut = s.try_send_request(req);
+                let fut = s.try_send_request(req.map(crate::coalesce::coalesce));
                 tokio::time::timeout(self.limits.response_header, fut).await
             }
         };
