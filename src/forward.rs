@@ -42,7 +42,9 @@ pub async fn forward(
     req: Request<Body>,
 ) -> Result<Response<Body>, ProxyError> {
     if is_websocket(&req) {
-        return relay_websocket(app, scheme, target, route, req).await;
+        // Boxed: the relay's future is about 8 KiB and inline it would make every request's
+        // future that large (and copied into place per request) for a rare branch.
+        return Box::pin(relay_websocket(app, scheme, target, route, req)).await;
     }
     let (mut parts, incoming) = req.into_parts();
     // Every upgrade but WebSocket (h2c, TLS/1.0, ...) is refused by dropping its headers:
