@@ -312,6 +312,18 @@ HOW_NGINX_HEY = [
 ]
 
 
+def limits_md():
+    """bench/limits.md, the profiles behind the targets not reached: written by hand (a
+    run measures, it does not explain), carried into every report so that the figures and
+    what limits them are read together."""
+    path = os.path.join(ROOT, "bench", "limits.md")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [f.read().rstrip(), ""]
+    except FileNotFoundError:
+        return []
+
+
 def write_report(args, profile, live, samples, failures, notes, info, started):
     med = report.medians(samples)
     names = [p.name for p in live]
@@ -347,6 +359,7 @@ def write_report(args, profile, live, samples, failures, notes, info, started):
             "## Issue-14 targets",
             report.targets14_md(med, rows, profile, names),
             "",
+        ] + limits_md() + [
             "## How it was measured",
             "",
         ] + HOW_NGINX_HEY

@@ -84,6 +84,11 @@ class Nginx:
                         wrap=self.wrap if self.wrap else None)
         return int(port)
 
+    def pids(self):
+        """The master and its workers, for the origin's CPU (the floor the proxy is
+        compared with: one TLS leg and one HTTP codec, where the proxy runs two)."""
+        return procs.tree_pids(self.proc.pid) if self.proc is not None else []
+
     def uploads(self):
         """(status, request_length) of every upload nginx finished so far."""
         try:
@@ -123,8 +128,11 @@ def _client_env(ep):
 
 def _run_client(ctx, peer, cmd, budget, env):
     """Runs one client command where the peer is reached from, charging the proxy's CPU
-    from just before it starts to just after it exits. Returns (stdout, cpu_s or None)."""
+    from just before it starts to just after it exits. Returns (stdout, cpu_s or None,
+    the origin's cpu_s)."""
     cmd = peer.wrap() + cmd
+    origin = ctx.origin_for(peer).pids()
+    origin_before = procs.cpu_seconds(origin)
     before = procs.cpu_seconds(peer.pids()) if peer.proxy else None
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=budget, env=env,
@@ -132,10 +140,11 @@ def _run_client(ctx, peer, cmd, budget, env):
     except subprocess.TimeoutExpired as e:
         raise StepFailed(f"{cmd[len(peer.wrap())]} exceeded its {budget:.0f}s budget") from e
     after = procs.cpu_seconds(peer.pids()) if peer.proxy else None
+    origin_cpu = procs.cpu_seconds(origin) - origin_before
     if r.returncode != 0:
         raise StepFailed(f"{' '.join(cmd[len(peer.wrap()):][:3])}... exited {r.returncode}: "
                          f"{(r.stderr or r.stdout).strip()[-300:]}")
-    return r.stdout, (after - before if peer.proxy else None)
+    return r.stdout, (after - before if peer.proxy else None), origin_cpu
 
 
 def _url(ep, path):
@@ -181,13 +190,15 @@ def hey(ctx, peer, profile, path, flags):
         # address directly.
         port = ep["url_authority"].rsplit(":", 1)[1]
         cmd.append(f"https://{ep['connect_ip']}:{port}{path}")
-    text, cpu = _run_client(ctx, peer, cmd, profile.secs + STEP_SLACK_SECONDS, _client_env(ep))
+    text, cpu, origin_cpu = _run_client(ctx, peer, cmd, profile.secs + STEP_SLACK_SECONDS,
+                                        _client_env(ep))
     r = parse_hey(text)
     if r["bad"] or r["errors"] or not r["ok"]:
         raise StepFailed(f"hey: {r['ok']} 2xx, {r['bad']} non-2xx, {r['errors']} errors "
                          f"{r.get('error_text', '')}")
     if cpu is not None:
         r["cpu_per_10k"] = cpu / r["ok"] * 10_000
+    r["origin_cpu_per_10k"] = origin_cpu / r["ok"] * 10_000
     return r
 
 
@@ -201,10 +212,10 @@ def curl(ctx, peer, path, extra, budget):
     else:
         cmd += ["--resolve", f"{ep['url_authority']}:{ep['connect_ip']}"]
     cmd += extra + [_url(ep, path)]
-    text, cpu = _run_client(ctx, peer, cmd, budget, _client_env(ep))
+    text, cpu, origin_cpu = _run_client(ctx, peer, cmd, budget, _client_env(ep))
     code, down, up, secs, ver = text.split()
     return {"status": int(code), "down": int(down), "up": int(up), "secs": float(secs),
-            "http_version": ver, "cpu_s": cpu}
+            "http_version": ver, "cpu_s": cpu, "origin_cpu_s": origin_cpu}
 
 
 def injection_check(ctx, peer):
@@ -231,12 +242,14 @@ class Step:
 def _ka_h1(ctx, peer, p):
     r = hey(ctx, peer, p, "/1k", [])
     return {"ka_h1_rps": r["rps"], "cpu_ka_h1": r.get("cpu_per_10k"),
+            "origin_cpu_ka_h1": r["origin_cpu_per_10k"],
             "ka_h1_p50_ms": r.get("p50_ms"), "ka_h1_p99_ms": r.get("p99_ms")}
 
 
 def _ka_h2(ctx, peer, p):
     r = hey(ctx, peer, p, "/1k", ["-h2"])
-    return {"ka_h2_rps": r["rps"], "cpu_ka_h2": r.get("cpu_per_10k")}
+    return {"ka_h2_rps": r["rps"], "cpu_ka_h2": r.get("cpu_per_10k"),
+            "origin_cpu_ka_h2": r["origin_cpu_per_10k"]}
 
 
 def _nc(ctx, peer, p):
@@ -248,7 +261,8 @@ def _down(ctx, peer, p):
     r = curl(ctx, peer, "/bulk", [], _bulk_budget(p))
     if r["status"] != 200 or r["down"] != p.bulk:
         raise StepFailed(f"download: {r!r}")
-    return {"down_mib_s": p.bulk / r["secs"] / (1 << 20), "cpu_down": _per_gib(r, p.bulk)}
+    return {"down_mib_s": p.bulk / r["secs"] / (1 << 20), "cpu_down": _per_gib(r, p.bulk),
+            "origin_cpu_down": r["origin_cpu_s"] / p.bulk * GIB}
 
 
 def _up(ctx, peer, p):
@@ -265,7 +279,8 @@ def _up(ctx, peer, p):
     if r["status"] != 200 or r["up"] != p.bulk or len(got) != 1 or got[0][0] != 200 \
             or got[0][1] < p.bulk:
         raise StepFailed(f"upload: curl {r!r}, nginx saw {got!r}")
-    return {"up_mib_s": p.bulk / r["secs"] / (1 << 20), "cpu_up": _per_gib(r, p.bulk)}
+    return {"up_mib_s": p.bulk / r["secs"] / (1 << 20), "cpu_up": _per_gib(r, p.bulk),
+            "origin_cpu_up": r["origin_cpu_s"] / p.bulk * GIB}
 
 
 STEPS = [

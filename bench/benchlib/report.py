@@ -164,6 +164,15 @@ def rows_nginx_hey(profile):
         ("Proxy CPU s per 10k new connections", "cpu_nc", "CPU s", "low", "cost"),
         ("Proxy CPU s per GiB downloaded", "cpu_down", "CPU s", "low", "cost"),
         ("Proxy CPU s per GiB uploaded", "cpu_up", "CPU s", "low", "cost"),
+        # The origin's own cost for the same work (one TLS leg, one HTTP codec; the proxy
+        # runs two of each): the floor the proxy's CPU rows are read against.
+        ("Origin (nginx) CPU s per 10k keep-alive requests, HTTP/1.1", "origin_cpu_ka_h1",
+         "CPU s", "low", "origin"),
+        ("Origin (nginx) CPU s per 10k keep-alive requests, h2", "origin_cpu_ka_h2", "CPU s",
+         "low", "origin"),
+        ("Origin (nginx) CPU s per GiB downloaded", "origin_cpu_down", "CPU s", "low",
+         "origin"),
+        ("Origin (nginx) CPU s per GiB uploaded", "origin_cpu_up", "CPU s", "low", "origin"),
         (f"RSS per idle intercepted connection ({s0:,} open)", f"rss_per_conn_kib_{s0}", "KiB",
          "low", "cost"),
         (f"RSS per idle intercepted connection ({s1:,} open)", f"rss_per_conn_kib_{s1}", "KiB",
@@ -183,7 +192,7 @@ def gaps(med, rows):
     out = []
     for label, key, unit, _better, kind in rows:
         e, t = _get(med, key, "paude-proxy"), _get(med, key, "paude-proxy-transparent")
-        if kind == "delay" or e is None or t is None:
+        if kind in ("delay", "origin") or e is None or t is None:
             continue
         if kind == "rate":
             de, dt = _get(med, key, "direct"), _get(med, key, "direct-netns")
