@@ -308,21 +308,6 @@ where
     }
 }
 
-impl<I, S, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
-where
-    S: hyper::service::HttpService<hyper::body::Incoming>,
-    S::Error: Into<BoxError>,
-    S::ResBody: hyper::body::Body + Send + 'static,
-    <S::ResBody as hyper::body::Body>::Data: Send,
-    <S::ResBody as hyper::body::Body>::Error: Into<BoxError>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
-{
-    fn graceful_shutdown(self: Pin<&mut Self>) {
-        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
-    }
-}
-
 /// Serves `conn` until it ends; when the connection is asked to close, or sits idle for
 /// `idle`, it is told to finish what is in flight and close.
 pub async fn serve<C, E>(conn: C, handle: &ConnHandle, idle: Duration) -> Result<(), E>

@@ -9,7 +9,6 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
@@ -19,11 +18,13 @@ use tokio_rustls::server::TlsStream;
 
 use crate::App;
 use crate::body::Body;
+use crate::client_hello::Replay;
 use crate::conns::{self, ConnHandle};
 use crate::error::{ProxyError, io_chain, text_response};
 use crate::framing::{FramingCheck, Watched};
 use crate::host::Host;
 use crate::policy::Target;
+use crate::preface::Spoken;
 
 /// The client's TLS handshake with our leaf must finish in this time.
 const CLIENT_TLS_TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,46 +202,70 @@ async fn serve_http<IO, S>(
     S::Future: Send + 'static,
 {
     match alpn {
-        Alpn::H1 => {
+        Alpn::H1 => serve_as(Spoken::Http1, io, service, host, conn, idle).await,
+        Alpn::H2 => serve_as(Spoken::H2, io, service, host, conn, idle).await,
+        // Its own function, boxed: the sniffing stays out of the connection's task.
+        Alpn::Unsaid => Box::pin(serve_unsaid(io, service, host, conn, idle)).await,
+    }
+}
+
+/// Serves the protocol the client speaks; each is its own boxed future.
+async fn serve_as<IO, S>(
+    spoken: Spoken,
+    io: IO,
+    service: S,
+    host: &Host,
+    conn: &ConnHandle,
+    idle: Duration,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + Unpin
+        + 'static,
+    S::Future: Send + 'static,
+{
+    match spoken {
+        Spoken::Http1 => {
             // Parks while idle, so an idle HTTP/1.1 connection holds none of hyper's buffers.
             let served = crate::park::serve_h1(io, service, h1_builder(), conn, idle);
             ended(host, Box::pin(served).await);
         }
-        Alpn::H2 => {
+        Spoken::H2 => {
             let served = h2_builder().serve_connection(TokioIo::new(io), service);
             ended(host, Box::pin(conns::serve(served, conn, idle)).await);
         }
-        // Its own function, boxed: the auto builder it borrows from stays out of the
-        // connection's task for the common cases above.
-        Alpn::Unsaid => Box::pin(serve_auto(io, service, host, conn, idle)).await,
     }
 }
 
-/// No ALPN: hyper-util's auto connection tells h2 prior knowledge from HTTP/1.1.
-async fn serve_auto<IO, S>(io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
+/// No ALPN: the first bytes say h2 with prior knowledge or HTTP/1.1 ([`crate::preface`]);
+/// then the connection is served as if it had said so.
+async fn serve_unsaid<IO, S>(mut io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
+        + Unpin
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(TUNNEL_HEAD_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEAD_BYTES as u32)
-        .max_concurrent_streams(MAX_H2_STREAMS)
-        .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
-        .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    ended(host, Box::pin(conns::serve(served, conn, idle)).await);
+    let sniffed = tokio::select! {
+        biased;
+        () = conn.closing() => return,
+        r = tokio::time::timeout(TUNNEL_HEAD_TIMEOUT, crate::preface::sniff(&mut io)) => r,
+    };
+    let (spoken, first) = match sniffed {
+        Ok(Ok(Some(found))) => found,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => return ended(host, Err(e)),
+        Err(_) => {
+            tracing::debug!(%host, "no request within {TUNNEL_HEAD_TIMEOUT:?}: closing");
+            return;
+        }
+    };
+    serve_as(spoken, Replay::new(first, io), service, host, conn, idle).await;
 }
 
 fn ended<E: std::fmt::Display>(host: &Host, served: Result<(), E>) {

@@ -37,6 +37,7 @@ pub mod inject;
 pub mod intercept;
 pub mod learn;
 pub mod park;
+pub mod preface;
 pub mod providers;
 pub mod reload;
 pub mod scrub;

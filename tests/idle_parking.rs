@@ -114,3 +114,33 @@ async fn a_head_that_pauses_past_the_park_delay_still_meets_the_size_limit() {
     upstream.assert_untouched();
     proxy.assert_no_secret_leaks();
 }
+
+/// A client that offers no ALPN (as Go's transport does with HTTP/2 turned off) is told
+/// apart by its first bytes and served on the same path: its idle connection parks too
+/// (it did not, under hyper-util's auto builder), and is served again on the same
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_alpn_parks_too() {
+    use support::client::{authority, connect_tunnel, tls_over};
+    let (_ca, upstream, builder) = tls_lab().await;
+    let proxy = builder.spawn();
+    let port = upstream.port();
+    let tcp = connect_tunnel(proxy.addr(), &authority(HOST, port))
+        .await
+        .expect("CONNECT");
+    let mut tls = tls_over(tcp, HOST, &proxy.ca_cert_pem(), &[]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+
+    tls.write_all(get(port, 1).as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut tls, false).await.status, 200);
+    tokio::time::sleep(PAST_PARK).await;
+    tls.write_all(get(port, 2).as_bytes()).await.unwrap();
+    let r = read_response(&mut tls, false).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("connection"), None, "kept alive: {r:?}");
+
+    let parked = proxy.count_stderr("idle connection parked");
+    assert!(parked >= 1, "never parked:\n{}", proxy.stderr());
+    let paths: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/echo?n=1", "/echo?n=2"]);
+}

@@ -408,3 +408,64 @@ async fn oversized_header_section_gets_431_at_the_explicit_listener_too() {
     );
     upstream.assert_untouched();
 }
+
+/// A client that offers no ALPN inside the tunnel, writing `bytes` in one piece; the
+/// responses until the proxy closes.
+async fn exchange_without_alpn(proxy: &Proxy, port: u16, bytes: &[u8]) -> Vec<RawResponse> {
+    use support::client::{authority, connect_tunnel, read_response, tls_over};
+    use tokio::io::AsyncWriteExt;
+    let tcp = connect_tunnel(proxy.addr(), &authority(HOST, port))
+        .await
+        .expect("CONNECT");
+    let mut tls = tls_over(tcp, HOST, &proxy.ca_cert_pem(), &[]).await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        None,
+        "no ALPN was negotiated"
+    );
+    let _ = tls.write_all(bytes).await;
+    let mut responses = Vec::new();
+    loop {
+        let response = read_response(&mut tls, false).await;
+        if response.status == 0 {
+            return responses;
+        }
+        responses.push(response);
+    }
+}
+
+/// Without ALPN the proxy tells HTTP/1.1 from h2 by the first bytes (src/preface.rs) and
+/// serves HTTP/1.1 as it does with ALPN: keep-alive requests are answered in order...
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_alpn_http1_requests_are_served_in_order() {
+    let (_ca, upstream, proxy) = h1_lab().await;
+    let port = upstream.port();
+    let request = format!(
+        "GET /echo?n=1 HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n\
+         GET /echo?n=2 HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n"
+    );
+
+    let responses = exchange_without_alpn(&proxy, port, request.as_bytes()).await;
+
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 200], "{responses:#?}");
+    let paths: Vec<String> = upstream.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(paths, ["/echo?n=1", "/echo?n=2"]);
+}
+
+/// ...and with the same head limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_alpn_an_oversized_head_in_one_write_gets_431() {
+    let (_ca, upstream, proxy) = h1_lab().await;
+    let port = upstream.port();
+    let big = "a".repeat(OVER_LIMIT);
+    let request = format!(
+        "GET /echo HTTP/1.1\r\nHost: {HOST}:{port}\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+    );
+
+    let responses = exchange_without_alpn(&proxy, port, request.as_bytes()).await;
+
+    assert_eq!(responses.len(), 1, "{responses:#?}");
+    assert_eq!(responses[0].status, 431, "{responses:#?}");
+    upstream.assert_untouched();
+}
