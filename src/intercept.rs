@@ -224,51 +224,26 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    // Boxed: the sniffing state is freed once the protocol is known, not kept in this
-    // future (which lives as long as the connection) for the connection's life.
-    let Some((found, io)) = Box::pin(sniff_protocol(io, host, conn, idle)).await else {
-        return;
-    };
-    match found {
-        Alpn::H2 => {
-            let served = h2_builder().serve_connection(TokioIo::new(io), service);
-            ended(host, Box::pin(conns::serve(served, conn, idle)).await);
-        }
-        Alpn::H1 | Alpn::Unsaid => {
-            let served = crate::park::serve_h1(io, service, h1_builder(), conn, idle);
-            ended(host, Box::pin(served).await);
-        }
-    }
-}
-
-/// Which protocol the first bytes are, with the stream they will be read again from;
-/// `None` if the client left, or sent nothing in time, first.
-async fn sniff_protocol<IO>(
-    mut io: IO,
-    host: &Host,
-    conn: &ConnHandle,
-    idle: Duration,
-) -> Option<(Alpn, Replay<IO>)>
-where
-    IO: AsyncRead + Unpin,
-{
+    let mut io = io;
     let mut first = Vec::with_capacity(H2_PREFACE.len());
     let sniffed = tokio::select! {
         biased;
-        () = conn.closing() => return None,
-        () = conn.idle_for(idle) => return None,
+        () = conn.closing() => return,
+        () = conn.idle_for(idle) => return,
         s = tokio::time::timeout(TUNNEL_HEAD_TIMEOUT, sniff(&mut io, &mut first)) => s,
     };
+    let io = Replay::new(first, io);
     match sniffed {
-        Ok(Ok(found)) => Some((found, Replay::new(first, io))),
-        Ok(Err(e)) => {
-            ended(host, Err(e));
-            None
+        Ok(Ok(Alpn::H2)) => {
+            let served = h2_builder().serve_connection(TokioIo::new(io), service);
+            ended(host, Box::pin(conns::serve(served, conn, idle)).await);
         }
-        Err(_) => {
-            tracing::debug!(%host, "no request within {TUNNEL_HEAD_TIMEOUT:?}");
-            None
+        Ok(Ok(_)) => {
+            let served = crate::park::serve_h1(io, service, h1_builder(), conn, idle);
+            ended(host, Box::pin(served).await);
         }
+        Ok(Err(e)) => ended(host, Err(e)),
+        Err(_) => tracing::debug!(%host, "no request within {TUNNEL_HEAD_TIMEOUT:?}"),
     }
 }
 
