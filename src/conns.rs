@@ -277,7 +277,7 @@ impl hyper::body::Body for HeldBody {
     }
 }
 
-/// A served connection that can be asked to finish gracefully (hyper's h1 and h2 ones).
+/// A served connection that can be asked to finish gracefully (hyper's h1 and auto ones).
 pub trait Graceful {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
@@ -305,6 +305,21 @@ where
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         hyper::server::conn::http2::Connection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S, E> Graceful for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::Error: Into<BoxError>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper_util::server::conn::auto::UpgradeableConnection::graceful_shutdown(self)
     }
 }
 

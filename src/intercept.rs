@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BufMut;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
 use http::{Request, Response, Version};
@@ -19,7 +19,6 @@ use tokio_rustls::server::TlsStream;
 
 use crate::App;
 use crate::body::Body;
-use crate::client_hello::Replay;
 use crate::conns::{self, ConnHandle};
 use crate::error::{ProxyError, io_chain, text_response};
 use crate::framing::{FramingCheck, Watched};
@@ -206,67 +205,37 @@ async fn serve_http<IO, S>(
             let served = h2_builder().serve_connection(TokioIo::new(io), service);
             ended(host, Box::pin(conns::serve(served, conn, idle)).await);
         }
-        // Boxed: the sniffing state stays out of the connection's task for the common
-        // cases above.
-        Alpn::Unsaid => Box::pin(serve_unsaid(io, service, host, conn, idle)).await,
+        // Its own function, boxed: the auto builder it borrows from stays out of the
+        // connection's task for the common cases above.
+        Alpn::Unsaid => Box::pin(serve_auto(io, service, host, conn, idle)).await,
     }
 }
 
-/// No ALPN: the first bytes tell h2 prior knowledge (its connection preface) from HTTP/1.1,
-/// which is then served, and parked while idle, as if ALPN had said so.
-async fn serve_unsaid<IO, S>(io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
+/// No ALPN: hyper-util's auto connection tells h2 prior knowledge from HTTP/1.1.
+async fn serve_auto<IO, S>(io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
         + Send
-        + Unpin
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut io = io;
-    let mut first = Vec::with_capacity(H2_PREFACE.len());
-    let sniffed = tokio::select! {
-        biased;
-        () = conn.closing() => return,
-        () = conn.idle_for(idle) => return,
-        s = tokio::time::timeout(TUNNEL_HEAD_TIMEOUT, sniff(&mut io, &mut first)) => s,
-    };
-    let io = Replay::new(first, io);
-    match sniffed {
-        Ok(Ok(Alpn::H2)) => {
-            let served = h2_builder().serve_connection(TokioIo::new(io), service);
-            ended(host, Box::pin(conns::serve(served, conn, idle)).await);
-        }
-        Ok(Ok(_)) => {
-            let served = crate::park::serve_h1(io, service, h1_builder(), conn, idle);
-            ended(host, Box::pin(served).await);
-        }
-        Ok(Err(e)) => ended(host, Err(e)),
-        Err(_) => tracing::debug!(%host, "no request within {TUNNEL_HEAD_TIMEOUT:?}"),
-    }
-}
-
-/// The h2 connection preface (RFC 9113 section 3.4), what a client with prior knowledge
-/// sends first; an HTTP/1.1 request line differs from it by its first byte or few.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Reads into `first` only as far as needed to tell the protocols apart: never past the
-/// preface, and not a byte more once the bytes differ from it (a short HTTP/1.1 request is
-/// not waited on).
-async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO, first: &mut Vec<u8>) -> std::io::Result<Alpn> {
-    loop {
-        if !H2_PREFACE.starts_with(first) {
-            return Ok(Alpn::H1);
-        }
-        let rest = H2_PREFACE.len() - first.len();
-        if rest == 0 {
-            return Ok(Alpn::H2);
-        }
-        if io.read_buf(&mut (&mut *first).limit(rest)).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-    }
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(TUNNEL_HEAD_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32)
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .initial_stream_window_size(crate::upstream::H2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::upstream::H2_CONNECTION_WINDOW);
+    let served = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    ended(host, Box::pin(conns::serve(served, conn, idle)).await);
 }
 
 fn ended<E: std::fmt::Display>(host: &Host, served: Result<(), E>) {
