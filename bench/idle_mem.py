@@ -125,7 +125,8 @@ async def open_one(args, ctx, up_port, gate, errors):
 
 async def client_main(args, proxy_ca, up_port, proxy_pid):
     ctx = ssl.create_default_context(cafile=proxy_ca)
-    ctx.set_alpn_protocols(["http/1.1"])
+    if not args.no_alpn:
+        ctx.set_alpn_protocols(["http/1.1"])
     gate = asyncio.Semaphore(args.concurrency)
     errors = []
     before = rss_kib(proxy_pid)
@@ -252,6 +253,8 @@ def main():
     ap.add_argument("--heaptrack", action="store_true",
                     help="run the proxy under heaptrack (idle-mem.heaptrack.zst here; what the "
                     "idle connections hold is reported as leaked)")
+    ap.add_argument("--no-alpn", action="store_true",
+                    help="clients offer no ALPN (as python's http.client), not http/1.1")
     ap.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the proxy")
     ap.add_argument("--log", help="copy the proxy's log here at the end")
     ap.add_argument("--transparent", action="store_true",

@@ -8,8 +8,8 @@ use tracing_subscriber::EnvFilter;
 /// seconds even while the proxy is idle. glibc's malloc kept the memory of a connection
 /// flood for good (issue 10: 17 MB → 505 MB, never returned); mimalloc only purges a
 /// thread's pages when that thread allocates again, so an idle proxy kept its peak too.
-#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
+#[cfg(not(feature = "system-alloc"))]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.
