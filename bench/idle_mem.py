@@ -9,10 +9,17 @@ the same thing. Loopback only.
 
     bench/idle_mem.py --proxy-bin target/release/paude-proxy --conns 1000
     bench/idle_mem.py --proxy-bin target/release/paude-proxy --conns 10000 --heaptrack
+    bench/idle_mem.py --proxy-bin target/release/paude-proxy --conns 1000 --transparent
+
+--transparent (root only) measures the transparent listener instead: the upstream and the
+proxy run in a namespace of their own (the upstream on 198.18.0.1, set aside for
+benchmarks), the clients in a `scripts/paude-netns` agent namespace whose TCP nft redirects
+to the proxy, as bench/benchlib/lab.py builds for scripts/bench. Nothing leaves them.
 """
 
 import argparse
 import asyncio
+import ctypes
 import os
 import resource
 import shutil
@@ -28,6 +35,14 @@ HOST = "bench.test"
 OPEN_CONCURRENCY = 32
 SETTLE_SECONDS = 1.0
 BODY = b"x" * 1024
+# --transparent's lab (see the docstring): namespaces are named after this process.
+LAB_UPSTREAM_IP = "198.18.0.1"
+LAB_SUBNET = "10.251.8.0/30"
+TRANSPARENT_PORT = 3129
+# paude-netns wants a DNS port for its redirect; nothing here resolves names.
+LAB_DNS_PORT = 3153
+CLONE_NEWNET = 0x40000000
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sh(*cmd):
@@ -52,7 +67,7 @@ def make_pki(d):
 
 # ---------------------------------------------------------------- upstream (subprocess)
 
-async def upstream_main(port_file, crt, key):
+async def upstream_main(port_file, crt, key, host):
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(crt, key)
     ctx.set_alpn_protocols(["http/1.1"])
@@ -70,7 +85,7 @@ async def upstream_main(port_file, crt, key):
         finally:
             w.close()
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ctx, backlog=1024)
+    srv = await asyncio.start_server(handle, host, 0, ssl=ctx, backlog=1024)
     with open(port_file + ".tmp", "w") as f:
         f.write(str(srv.sockets[0].getsockname()[1]))
     os.rename(port_file + ".tmp", port_file)
@@ -83,8 +98,8 @@ async def open_one(args, ctx, up_port, gate, errors):
     async with gate:
         try:
             if args.transparent:
-                h, p = args.transparent.rsplit(":", 1)
-                r, w = await asyncio.open_connection(h, int(p))
+                # Addressed to the upstream; nft redirects it to the transparent listener.
+                r, w = await asyncio.open_connection(LAB_UPSTREAM_IP, up_port)
             else:
                 r, w = await asyncio.open_connection("127.0.0.1", args.proxy_port)
                 w.write(f"CONNECT {HOST}:{up_port} HTTP/1.1\r\nHost: {HOST}:{up_port}\r\n\r\n"
@@ -110,7 +125,8 @@ async def open_one(args, ctx, up_port, gate, errors):
 
 async def client_main(args, proxy_ca, up_port, proxy_pid):
     ctx = ssl.create_default_context(cafile=proxy_ca)
-    ctx.set_alpn_protocols(["http/1.1"])
+    if not args.no_alpn:
+        ctx.set_alpn_protocols(["http/1.1"])
     gate = asyncio.Semaphore(args.concurrency)
     errors = []
     before = rss_kib(proxy_pid)
@@ -172,6 +188,60 @@ def raise_nofile():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def run(*cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()}")
+
+
+class Lab:
+    """gw (upstream + proxy) and an agent namespace redirected to it; see the docstring."""
+
+    def __init__(self):
+        tag = f"idlemem{os.getpid()}"
+        self.gw, self.agent = f"{tag}-gw", f"{tag}-ag"
+        self.made = []
+
+    def wrap(self):
+        return ["ip", "netns", "exec", self.gw]
+
+    def up(self):
+        run("ip", "netns", "add", self.gw)
+        self.made.append(self.gw)
+        run("ip", "-n", self.gw, "link", "set", "lo", "up")
+        run("ip", "-n", self.gw, "addr", "add", f"{LAB_UPSTREAM_IP}/32", "dev", "lo")
+
+    def add_agent(self, proxy_ca):
+        self.made.append(self.agent)
+        self._paude_netns("create", self.agent, "--subnet", LAB_SUBNET,
+                          "--transparent-port", str(TRANSPARENT_PORT),
+                          "--dns-port", str(LAB_DNS_PORT), "--ca", proxy_ca)
+
+    def enter_agent(self):
+        """This thread's sockets from now on are the agent's (the clients')."""
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        fd = os.open(f"/run/netns/{self.agent}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns into the agent namespace")
+        finally:
+            os.close(fd)
+
+    def _paude_netns(self, *args):
+        run("nsenter", f"--net=/run/netns/{self.gw}",
+            os.path.join(ROOT, "scripts", "paude-netns"), *args)
+
+    def down(self):
+        if self.agent in self.made:
+            try:
+                self._paude_netns("destroy", self.agent)
+            except (RuntimeError, subprocess.SubprocessError) as e:
+                print(f"idle_mem: paude-netns destroy {self.agent}: {e}", file=sys.stderr)
+        if self.gw in self.made:
+            subprocess.run(["ip", "netns", "del", self.gw], check=False)
+        self.made.clear()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--proxy-bin", required=True)
@@ -183,23 +253,34 @@ def main():
     ap.add_argument("--heaptrack", action="store_true",
                     help="run the proxy under heaptrack (idle-mem.heaptrack.zst here; what the "
                     "idle connections hold is reported as leaked)")
+    ap.add_argument("--no-alpn", action="store_true",
+                    help="clients offer no ALPN (as python's http.client), not http/1.1")
     ap.add_argument("--env", action="append", default=[], help="extra KEY=VALUE for the proxy")
     ap.add_argument("--log", help="copy the proxy's log here at the end")
-    ap.add_argument("--transparent", help=argparse.SUPPRESS)
+    ap.add_argument("--transparent", action="store_true",
+                    help="measure the transparent listener, clients in a redirected "
+                    "namespace (root only; see the docstring)")
     args = ap.parse_args()
     raise_nofile()
     d = tempfile.mkdtemp(prefix="idle-mem-")
     procs = []
+    lab = Lab() if args.transparent else None
+    wrap = []
+    up_host = "127.0.0.1"
     try:
+        if lab is not None:
+            lab.up()
+            wrap, up_host = lab.wrap(), LAB_UPSTREAM_IP
         up_ca, crt, key = make_pki(d)
         port_file = os.path.join(d, "up.port")
-        up = subprocess.Popen([sys.executable, __file__, "--upstream", port_file, crt, key],
+        up = subprocess.Popen(wrap + [sys.executable, __file__, "--upstream", port_file, crt,
+                                      key, up_host],
                               preexec_fn=raise_nofile, stderr=subprocess.DEVNULL)
         procs.append(up)
         wait_for(port_file, up)
         up_port = int(open(port_file).read())
         with open(os.path.join(d, "hosts"), "w") as f:
-            f.write(f"127.0.0.1 {HOST}\n")
+            f.write(f"{up_host} {HOST}\n")
         log = open(os.path.join(d, "proxy.log"), "w")
         env = {
             "PATH": "/usr/bin:/bin",
@@ -208,17 +289,20 @@ def main():
             "PAUDE_PROXY_LISTEN": "127.0.0.1:0",
             "PAUDE_PROXY_CA_DIR": os.path.join(d, "ca"),
             "PAUDE_PROXY_HOSTS_FILE": os.path.join(d, "hosts"),
-            "PAUDE_PROXY_ALLOWED_UPSTREAM_NETS": "127.0.0.0/8",
+            "PAUDE_PROXY_ALLOWED_UPSTREAM_NETS": f"{up_host}/32",
             "PAUDE_PROXY_UPSTREAM_CA": up_ca,
             "PAUDE_PROXY_MAX_CONNECTIONS": str(max(args.conns * 2, 20_000)),
             "ALLOWED_DOMAINS": HOST,
             "ALLOWED_OTEL_PORTS": str(up_port),
             "BLOCKED_LOG_PATH": os.path.join(d, "blocked.log"),
         }
+        if lab is not None:
+            env["PAUDE_PROXY_TRANSPARENT_LISTEN"] = f"0.0.0.0:{TRANSPARENT_PORT}"
         env.update(kv.split("=", 1) for kv in args.env)
         cmd = [os.path.abspath(args.proxy_bin)]
         if args.heaptrack:
             cmd = ["heaptrack", "-o", os.path.join(os.getcwd(), "idle-mem.heaptrack")] + cmd
+        cmd = wrap + cmd
         proxy = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  preexec_fn=raise_nofile)
         procs.append(proxy)
@@ -237,6 +321,9 @@ def main():
             # heaptrack's script runs the proxy as a child; measure and stop that one.
             pid = find_exe(os.path.realpath(args.proxy_bin))
         time.sleep(0.5)
+        if lab is not None:
+            lab.add_agent(os.path.join(d, "ca", "ca.crt"))
+            lab.enter_agent()
         asyncio.run(client_main(args, os.path.join(d, "ca", "ca.crt"), up_port, pid))
         if args.heaptrack:
             proxy.wait(timeout=120)
@@ -247,13 +334,15 @@ def main():
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+        if lab is not None:
+            lab.down()
         if args.log and os.path.exists(os.path.join(d, "proxy.log")):
             shutil.copy(os.path.join(d, "proxy.log"), args.log)
         shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "--upstream":
+    if len(sys.argv) == 6 and sys.argv[1] == "--upstream":
         try:
             asyncio.run(upstream_main(*sys.argv[2:]))
         except KeyboardInterrupt:

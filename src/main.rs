@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 /// thread's pages when that thread allocates again, so an idle proxy kept its peak too.
 /// Freed pages are returned after one second unused (`.cargo/config.toml`), not ten.
 #[global_allocator]
+#[cfg(not(feature = "system-alloc"))]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// sysexits.h EX_USAGE: the configuration is wrong, retrying will not help.

@@ -24,11 +24,15 @@ use serde_json::{Value, json};
 const CURL_MAX_TIME_SECONDS: u32 = 15;
 
 fn lab_with_proxy(test: &str, tag: &str) -> Option<(Lab, Gateway)> {
+    lab_with_proxy_env(test, tag, &[])
+}
+
+fn lab_with_proxy_env(test: &str, tag: &str, env: &[(&str, &str)]) -> Option<(Lab, Gateway)> {
     if !netns_ready(test) || !tool_ready(test, "curl") {
         return None;
     }
     let mut lab = Lab::new(tag);
-    let gateway = Gateway::start(&mut lab);
+    let gateway = Gateway::start_with_env(&mut lab, env);
     Some((lab, gateway))
 }
 
@@ -359,6 +363,85 @@ fn plain_http_carries_no_secret() {
         "{req:#}"
     );
     gw.assert_no_leaks(&[&openai.all(), &anthropic.all()]);
+}
+
+/// The agent's keep-alive client for the test below: two requests on one connection with
+/// an idle pause between them, and for each its status and the client port it went from.
+/// It says `http/1.1` in ALPN, as curl and node do (a client that says nothing is served by
+/// hyper's auto-detecting connection, which does not park).
+const KEEP_ALIVE_CLIENT: &str = r#"
+import http.client, json, os, ssl, sys, time
+pause = float(sys.argv[1])
+ctx = ssl.create_default_context()
+ctx.set_alpn_protocols(["http/1.1"])
+c = http.client.HTTPSConnection("api.openai.com", 443, context=ctx, timeout=10)
+out = []
+for n in (1, 2):
+    c.request("GET", f"/v1/models?n={n}", headers={"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"]})
+    r = c.getresponse()
+    r.read()
+    out.append({"status": r.status, "port": c.sock.getsockname()[1], "connection": r.getheader("connection")})
+    if n == 1:
+        time.sleep(pause)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn an_idle_transparent_connection_parks_and_serves_its_next_request_on_the_same_connection() {
+    let test =
+        "an_idle_transparent_connection_parks_and_serves_its_next_request_on_the_same_connection";
+    if !tool_ready(test, "python3") {
+        return;
+    }
+    let Some((mut lab, gw)) =
+        lab_with_proxy_env(test, "prk", &[("RUST_LOG", "paude_proxy=debug,info")])
+    else {
+        return;
+    };
+    let agent = lab.create_agent(&[]);
+    // Comfortably past the proxy's park delay (500 ms, src/park.rs).
+    let past_park = "1.5";
+    let out = run(&mut lab.script(&[
+        "exec",
+        &agent.name,
+        "--",
+        "python3",
+        "-c",
+        KEEP_ALIVE_CLIENT,
+        past_park,
+    ]));
+    let (stdout, stderr) = text(&out);
+    let log = gw.proxy_log();
+    let got: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "client output {stdout:?} ({e}), stderr {stderr}\n{}",
+            tail(&log)
+        )
+    });
+    assert_eq!(got[0]["status"], 200, "{got:#}\n{}", tail(&log));
+    assert_eq!(got[1]["status"], 200, "{got:#}\n{}", tail(&log));
+    assert_eq!(got[0]["connection"], Value::Null, "kept alive: {got:#}");
+    assert_eq!(
+        got[0]["port"], got[1]["port"],
+        "one connection throughout: {got:#}"
+    );
+    // Without the park line this test would pass with parking gone.
+    assert!(
+        log.contains("idle connection parked"),
+        "never parked:\n{}",
+        tail(&log)
+    );
+    let paths: Vec<String> = gw
+        .https_at(OPENAI_V4)
+        .iter()
+        .map(|r| request_line(r).to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        ["GET /v1/models?n=1 HTTP/1.1", "GET /v1/models?n=2 HTTP/1.1"],
+        "both reached the upstream once, in order"
+    );
+    gw.assert_no_leaks(&[&stdout, &stderr]);
 }
 
 #[test]
