@@ -87,7 +87,7 @@ class Nginx:
     def pids(self):
         """The master and its workers, for the origin's CPU (the floor the proxy is
         compared with: one TLS leg and one HTTP codec, where the proxy runs two)."""
-        return procs.tree_pids(self.proc.pid) if self.proc is not None else []
+        return procs.tree(self.proc.pid) if self.proc is not None else []
 
     def uploads(self):
         """(status, request_length) of every upload nginx finished so far."""

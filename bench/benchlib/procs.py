@@ -145,27 +145,6 @@ def cpu_seconds(pids):
     return total / CLK_TCK
 
 
-def tree_pids(root):
-    """`root` and every process below it (nginx's master and its workers)."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def rss_kib(pids):
     total = 0
     for pid in pids:
