@@ -251,9 +251,12 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    // The same bounds as a connection that said its protocol: the idle limit (a client
+    // that sends nothing is idle) and the head timeout, whichever ends first.
     let sniffed = tokio::select! {
         biased;
         () = conn.closing() => return,
+        () = conn.idle_for(idle) => return,
         r = tokio::time::timeout(TUNNEL_HEAD_TIMEOUT, crate::preface::sniff(&mut io)) => r,
     };
     let (spoken, first) = match sniffed {

@@ -144,3 +144,24 @@ async fn a_connection_without_alpn_parks_too() {
     let paths: Vec<String> = upstream.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/echo?n=1", "/echo?n=2"]);
 }
+
+/// A client without ALPN that never sends its first bytes is bound by the idle limit like
+/// any other connection (not only by the two-minute head timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_without_alpn_closes_at_the_idle_limit() {
+    use support::client::{authority, connect_tunnel, tls_over};
+    let (_ca, upstream, builder) = tls_lab().await;
+    let proxy = builder.env("PAUDE_PROXY_CLIENT_IDLE_TIMEOUT", "2").spawn();
+    let tcp = connect_tunnel(proxy.addr(), &authority(HOST, upstream.port()))
+        .await
+        .expect("CONNECT");
+    let mut tls = tls_over(tcp, HOST, &proxy.ca_cert_pem(), &[]).await;
+
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "still open 10 s after a 2 s idle limit: {closed:?}"
+    );
+    upstream.assert_untouched();
+}
