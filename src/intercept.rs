@@ -179,6 +179,34 @@ fn alpn<IO>(tls: &TlsStream<IO>) -> Alpn {
     }
 }
 
+/// What every serving function below needs of the tunnel's service: one name for bounds
+/// they would otherwise each spell out.
+trait TunnelService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<S> TunnelService for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
 /// h2 or HTTP/1.1, whichever the client speaks (ALPN or prior knowledge), until the client
 /// leaves, the connection idles out, or it is asked to close.
 ///
@@ -194,12 +222,7 @@ async fn serve_http<IO, S>(
     idle: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + 'static,
+    S: TunnelService,
 {
     match alpn {
         Alpn::H1 => serve_as(Spoken::Http1, io, service, host, conn, idle).await,
@@ -219,12 +242,7 @@ async fn serve_as<IO, S>(
     idle: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + 'static,
+    S: TunnelService,
 {
     match spoken {
         Spoken::Http1 => {
@@ -244,12 +262,7 @@ async fn serve_as<IO, S>(
 async fn serve_unsaid<IO, S>(mut io: IO, service: S, host: &Host, conn: &ConnHandle, idle: Duration)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + Unpin
-        + 'static,
-    S::Future: Send + 'static,
+    S: TunnelService,
 {
     // The same bounds as a connection that said its protocol: the idle limit (a client
     // that sends nothing is idle) and the head timeout, whichever ends first.

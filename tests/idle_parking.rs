@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::client::{open_tls, read_response};
+use support::client::{open_tls, open_tls_without_alpn, read_response};
 use support::tls_lab;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -121,15 +121,10 @@ async fn a_head_that_pauses_past_the_park_delay_still_meets_the_size_limit() {
 /// connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_without_alpn_parks_too() {
-    use support::client::{authority, connect_tunnel, tls_over};
     let (_ca, upstream, builder) = tls_lab().await;
     let proxy = builder.spawn();
     let port = upstream.port();
-    let tcp = connect_tunnel(proxy.addr(), &authority(HOST, port))
-        .await
-        .expect("CONNECT");
-    let mut tls = tls_over(tcp, HOST, &proxy.ca_cert_pem(), &[]).await;
-    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let mut tls = open_tls_without_alpn(&proxy, HOST, port).await;
 
     tls.write_all(get(port, 1).as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut tls, false).await.status, 200);
@@ -149,13 +144,9 @@ async fn a_connection_without_alpn_parks_too() {
 /// any other connection (not only by the two-minute head timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_without_alpn_closes_at_the_idle_limit() {
-    use support::client::{authority, connect_tunnel, tls_over};
     let (_ca, upstream, builder) = tls_lab().await;
     let proxy = builder.env("PAUDE_PROXY_CLIENT_IDLE_TIMEOUT", "2").spawn();
-    let tcp = connect_tunnel(proxy.addr(), &authority(HOST, upstream.port()))
-        .await
-        .expect("CONNECT");
-    let mut tls = tls_over(tcp, HOST, &proxy.ca_cert_pem(), &[]).await;
+    let mut tls = open_tls_without_alpn(&proxy, HOST, upstream.port()).await;
 
     let mut byte = [0u8; 1];
     let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut byte)).await;

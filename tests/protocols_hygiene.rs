@@ -412,17 +412,9 @@ async fn oversized_header_section_gets_431_at_the_explicit_listener_too() {
 /// A client that offers no ALPN inside the tunnel, writing `bytes` in one piece; the
 /// responses until the proxy closes.
 async fn exchange_without_alpn(proxy: &Proxy, port: u16, bytes: &[u8]) -> Vec<RawResponse> {
-    use support::client::{authority, connect_tunnel, read_response, tls_over};
+    use support::client::{open_tls_without_alpn, read_response};
     use tokio::io::AsyncWriteExt;
-    let tcp = connect_tunnel(proxy.addr(), &authority(HOST, port))
-        .await
-        .expect("CONNECT");
-    let mut tls = tls_over(tcp, HOST, &proxy.ca_cert_pem(), &[]).await;
-    assert_eq!(
-        tls.get_ref().1.alpn_protocol(),
-        None,
-        "no ALPN was negotiated"
-    );
+    let mut tls = open_tls_without_alpn(proxy, HOST, port).await;
     let _ = tls.write_all(bytes).await;
     let mut responses = Vec::new();
     loop {

@@ -298,6 +298,21 @@ pub async fn open_tls(proxy: &Proxy, host: &str, port: u16) -> TlsStream<TcpStre
     tls_over(tcp, host, &proxy.ca_cert_pem(), &[b"http/1.1"]).await
 }
 
+/// As [`open_tls`], but offering no ALPN at all (as Go's transport does with HTTP/2 off).
+pub async fn open_tls_without_alpn(proxy: &Proxy, host: &str, port: u16) -> TlsStream<TcpStream> {
+    let authority = authority(host, port);
+    let tcp = connect_tunnel(proxy.addr(), &authority)
+        .await
+        .unwrap_or_else(|r| panic!("CONNECT {authority} refused: {r:?}"));
+    let tls = tls_over(tcp, host, &proxy.ca_cert_pem(), &[]).await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        None,
+        "no ALPN was negotiated"
+    );
+    tls
+}
+
 /// Opens a TLS tunnel to host:port (ALPN http/1.1), writes `bytes` as they are, and reads
 /// responses until the proxy closes the connection. Callers end their bytes with a request
 /// carrying `Connection: close`, so a proxy that keeps parsing still reaches an end.
